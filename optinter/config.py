@@ -1,0 +1,199 @@
+"""Model, training and search settings as plain dataclasses, with the paper's Table IV defaults.
+
+``RunConfig`` bundles one stage's settings. ``default_config(dataset, model)`` gives the
+per-dataset defaults; ``apply_overrides(cfg, ["train.lr_o=1e-4", "model.mlp_dims=400,400"])``
+changes them with a clear error for unknown keys or bad values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+RELAXATIONS = ("gumbel", "softmax")
+FACTORIZE_SOURCES = ("orig", "table")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture settings (Table IV: s1, s2, net, LN)."""
+
+    embed_dim: int = 20  # s1: original-feature embedding size
+    cross_embed_dim: int = 10  # s2: memorized cross-product embedding size
+    mlp_dims: tuple[int, ...] = (700, 700, 700, 700, 700)
+    layer_norm: bool = True
+    dropout: float = 0.0
+    # OptInter specifics
+    factorize_source: str = "orig"  # "orig": e_i ⊙ e_j (paper text); "table": separate table (released code)
+    relaxation: str = "gumbel"  # "gumbel" (eq. 16-17) or "softmax" (annealed, released code)
+    tau_start: float = 1.0
+    tau_end: float = 0.1
+    # PIN sub-network
+    pin_subnet: tuple[int, ...] = (40, 5)
+    # AutoFIS / GRDA
+    grda_mu: float = 0.8
+    grda_c: float = 5e-4
+
+    def validate(self) -> None:
+        if self.embed_dim <= 0 or self.cross_embed_dim <= 0:
+            raise ValueError("model.embed_dim and model.cross_embed_dim must be positive")
+        if any(d <= 0 for d in self.mlp_dims):
+            raise ValueError(f"model.mlp_dims must be positive, got {self.mlp_dims}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.relaxation not in RELAXATIONS:
+            raise ValueError(f"model.relaxation must be one of {RELAXATIONS}, got {self.relaxation!r}")
+        if self.factorize_source not in FACTORIZE_SOURCES:
+            raise ValueError(f"model.factorize_source must be one of {FACTORIZE_SOURCES}, got {self.factorize_source!r}")
+        if not (self.tau_start > 0 and self.tau_end > 0):
+            raise ValueError("model.tau_start and model.tau_end must be > 0")
+
+
+@dataclass
+class TrainConfig:
+    """Optimization settings (Table IV: bs, lr_o, lr_c, lr_a, l2_o, l2_c, eps)."""
+
+    batch_size: int = 2000
+    epochs: int = 10
+    patience: int = 2  # early stopping on validation AUC
+    lr_o: float = 5e-4  # original embeddings + network
+    lr_c: float = 5e-4  # memorized cross-product embeddings
+    lr_a: float = 3e-5  # architecture parameters α
+    l2_o: float = 0.0
+    l2_c: float = 0.0
+    eps: float = 1e-8
+    seed: int = 2026
+    device: str = "auto"  # "auto" → cuda when available, else cpu
+    amp: bool = False  # mixed precision (bf16 autocast) on CUDA
+    max_steps_per_epoch: int = 0  # 0 = whole epoch
+    eval_batch_size: int = 8192
+    search_epochs: int = 1  # search stage epochs (Algorithm 1)
+    bilevel: bool = False  # alternate Θ / α updates (DARTS-style ablation, Table VIII)
+    checkpoint: bool = True
+    num_threads: int = 0  # 0 = torch default
+
+    def validate(self) -> None:
+        if self.batch_size <= 0:
+            raise ValueError(f"train.batch_size must be positive, got {self.batch_size}")
+        if self.epochs <= 0 or self.search_epochs <= 0:
+            raise ValueError("train.epochs and train.search_epochs must be positive")
+        for k in ("lr_o", "lr_c", "lr_a"):
+            if getattr(self, k) <= 0:
+                raise ValueError(f"train.{k} must be positive, got {getattr(self, k)}")
+        for k in ("l2_o", "l2_c", "eps"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"train.{k} must be >= 0, got {getattr(self, k)}")
+        if self.patience < 0:
+            raise ValueError("train.patience must be >= 0")
+
+
+@dataclass
+class RunConfig:
+    """Settings of one training / search stage."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        m = dict(d.get("model", {}))
+        for k in ("mlp_dims", "pin_subnet"):
+            if k in m:
+                m[k] = tuple(m[k])
+        return cls(model=ModelConfig(**m), train=TrainConfig(**d.get("train", {})))
+
+    def flat(self) -> dict[str, Any]:
+        """``{"model.embed_dim": 20, "train.lr_o": 5e-4, ...}`` for tracking params."""
+        out: dict[str, Any] = {}
+        for sec, obj in (("model", self.model), ("train", self.train)):
+            for k, v in dataclasses.asdict(obj).items():
+                out[f"{sec}.{k}"] = v
+        return out
+
+
+# Table IV. Keys are "dataset" → {"section.key": value}; per-model entries refine them.
+_TABLE_IV: dict[str, dict[str, Any]] = {
+    "criteo": {"train.batch_size": 2000, "train.lr_o": 5e-4, "train.eps": 1e-8, "model.embed_dim": 20,
+               "model.cross_embed_dim": 10, "model.mlp_dims": (700,) * 5,
+               "train.lr_c": 1e-4, "train.l2_c": 3e-8, "train.lr_a": 3e-5,
+               "model.grda_mu": 0.8, "model.grda_c": 5e-4},
+    "avazu": {"train.batch_size": 2000, "train.lr_o": 5e-4, "train.eps": 1e-8, "model.embed_dim": 40,
+              "model.cross_embed_dim": 4, "model.mlp_dims": (500,) * 5,
+              "train.lr_c": 1e-4, "train.l2_c": 3e-8, "train.lr_a": 3e-5,
+              "model.grda_mu": 0.8, "model.grda_c": 5e-4},
+    "ipinyou": {"train.batch_size": 2000, "train.lr_o": 1e-5, "train.l2_o": 1e-6, "train.eps": 1e-4,
+                "model.embed_dim": 20, "model.cross_embed_dim": 2, "model.mlp_dims": (300,) * 3,
+                "train.lr_c": 1e-6, "train.l2_c": 3e-8, "train.lr_a": 1e-3,
+                "model.grda_mu": 0.535, "model.grda_c": 5e-3},
+}
+
+
+def default_config(dataset: str = "synthetic", model: str = "optinter") -> RunConfig:
+    """Per-dataset defaults (Table IV for criteo / avazu / ipinyou; library defaults otherwise)."""
+    cfg = RunConfig()
+    overrides = dict(_TABLE_IV.get(dataset, {}))
+    if dataset == "ipinyou" and model == "lr":
+        overrides["train.lr_o"] = 1e-4
+    if dataset == "ipinyou" and model == "fm":
+        overrides.update({"train.lr_o": 1e-4, "train.l2_o": 1e-9, "train.eps": 1e-6})
+    if model in ("optinter", "optinter_m", "optinter_f") and dataset in ("criteo", "avazu"):
+        overrides["train.lr_o"] = 1e-4
+    _apply(cfg, overrides)
+    return cfg
+
+
+def _coerce(current: Any, raw: Any, key: str) -> Any:
+    if not isinstance(raw, str):
+        return tuple(raw) if isinstance(current, tuple) else raw
+    try:
+        if isinstance(current, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        if isinstance(current, tuple):
+            return tuple(int(x) for x in raw.replace("x", ",").split(",") if x.strip()) if raw.strip() else ()
+    except ValueError:
+        raise ValueError(f"config override {key}={raw!r}: expected a {type(current).__name__}") from None
+    return raw
+
+
+def _apply(cfg: RunConfig, overrides: dict[str, Any]) -> None:
+    for key, raw in overrides.items():
+        sec, _, name = key.partition(".")
+        if sec not in ("model", "train") or not name:
+            raise ValueError(f"config override {key!r}: keys look like model.<name> or train.<name>")
+        obj = getattr(cfg, sec)
+        if not hasattr(obj, name):
+            known = ", ".join(f"{sec}.{f.name}" for f in dataclasses.fields(obj))
+            raise ValueError(f"config override {key!r}: unknown key; known keys: {known}")
+        setattr(obj, name, _coerce(getattr(obj, name), raw, key))
+
+
+def apply_overrides(cfg: RunConfig, overrides: Iterable[str] | dict[str, Any]) -> RunConfig:
+    """Return a copy of ``cfg`` with ``key=value`` overrides applied, validated."""
+    cfg = RunConfig.from_dict(cfg.to_dict())
+    if not isinstance(overrides, dict):
+        parsed: dict[str, Any] = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ValueError(f"config override {item!r}: expected key=value")
+            k, v = item.split("=", 1)
+            parsed[k.strip()] = v.strip()
+        overrides = parsed
+    _apply(cfg, overrides)
+    cfg.validate()
+    return cfg
