@@ -2,17 +2,41 @@
 
 Shapes: B = batch size, Fc = categorical fields, Fn = continuous fields, F = Fc + Fn,
 P = pairs (cross-product features), D = embedding size.
+
+Search-model protocol
+---------------------
+Models that *search* an architecture before being re-trained (OptInter, AutoFIS) share one
+search → re-train machinery (:mod:`optinter.search`, :mod:`optinter.stages`). Such a model:
+
+* returns its architecture parameters (OptInter's α, AutoFIS's gates) from
+  :meth:`CTRModel.arch_parameters`; they form the ``"arch"`` group of
+  :meth:`CTRModel.named_param_groups` and are updated by the optimizer returned by
+  :meth:`CTRModel.make_arch_optimizer` (default ``Adam(lr=train.lr_a)``; AutoFIS overrides it
+  with GRDA). Θ (every other parameter) is updated by the ordinary optimizer, on the same
+  mini-batch (Algorithm 1) or alternately on validation batches (``train.bilevel``);
+* may take a temperature: the training loop calls :meth:`CTRModel.set_temperature` between
+  steps (τ schedule ``model.tau_start → model.tau_end``); ``forward`` never mutates state;
+* turns its learned parameters into an :class:`optinter.architecture.Architecture` with
+  :meth:`CTRModel.derive_architecture` (each pair → "memorize" / "factorize" / "naive").
+
+It is registered with ``@register_search_model("name")`` in :mod:`optinter.registry`; the
+re-train model (``@register_model("name", needs_arch=True)``) is built from that architecture
+with ``build_model("name", fmap, cfg, arch=arch)``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from preprocess.feature_map import FeatureMap
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..architecture import Architecture
+    from ..config import TrainConfig
 
 
 @dataclass
@@ -21,8 +45,9 @@ class Batch:
 
     cat:   B × Fc int64 ids of the categorical fields (order of ``FeatureMap.categorical``)
     cont:  B × Fn float32 min-max scaled continuous values (order of ``FeatureMap.continuous``)
-    pairs: B × P  int64 ids of the cross-product features (order of ``FeatureMap.pairs``);
-           an empty B × 0 tensor when the model does not read pairs
+    pairs: B × P' int64 ids of the cross-product features the model reads, in the order of
+           ``model.required_pairs()`` (all of ``FeatureMap.pairs`` by default); an empty
+           B × 0 tensor when the model does not read pairs
     label: B float32 0/1
     """
 
@@ -47,8 +72,9 @@ class CTRModel(nn.Module):
     """Base class: ``forward(batch) -> logits`` of shape B (pre-sigmoid).
 
     Subclasses set ``uses_pairs = True`` when they read ``batch.pairs`` (the data loader then
-    reads the pair columns; otherwise it skips them, which is much faster).
-    ``param_groups`` splits parameters for the optimizer(s) following Table IV of the paper:
+    reads the pair columns named by :meth:`required_pairs`; otherwise it skips them, which is
+    much faster).
+    ``named_param_groups`` splits parameters for the optimizer(s) following Table IV of the paper:
     ``"orig"`` (original-feature embeddings + network: lr_o, l2_o), ``"cross"`` (memorized
     cross-product embeddings: lr_c, l2_c) and ``"arch"`` (architecture parameters α: lr_a).
     """
@@ -63,9 +89,23 @@ class CTRModel(nn.Module):
     def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def required_pairs(self) -> list[str]:
+        """Names of the pair columns this model reads, in the column order of ``batch.pairs``.
+
+        Default: every pair of the feature map when ``uses_pairs`` else none. A model that reads
+        only some pairs (re-trained OptInter: the memorized ones) overrides this.
+        """
+        return [p.name for p in self.feature_map.pairs] if self.uses_pairs else []
+
     def named_param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by group name; default: everything is ``"orig"``."""
-        return {"orig": [p for p in self.parameters() if p.requires_grad]}
+        """Parameters by group name; default: architecture parameters are ``"arch"``, the rest ``"orig"``."""
+        arch = {id(p) for p in self.arch_parameters()}
+        groups: dict[str, list[nn.Parameter]] = {
+            "orig": [p for p in self.parameters() if p.requires_grad and id(p) not in arch]
+        }
+        if arch:
+            groups["arch"] = list(self.arch_parameters())
+        return groups
 
     def regularization(self) -> torch.Tensor | None:
         """Extra loss term added during training (e.g. l2 on looked-up embeddings); None if none."""
@@ -78,3 +118,29 @@ class CTRModel(nn.Module):
     def extra_metrics(self) -> dict[str, Any]:
         """Model-specific figures for metrics.json (e.g. architecture counts)."""
         return {}
+
+    # ---- search-model protocol (see the module docstring) -------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """Architecture parameters (α, gates); empty for models that do not search."""
+        return []
+
+    @property
+    def is_search_model(self) -> bool:
+        return len(self.arch_parameters()) > 0
+
+    def make_arch_optimizer(self, train_cfg: "TrainConfig") -> torch.optim.Optimizer | None:
+        """Optimizer of the architecture parameters: ``Adam(lr=train.lr_a, eps=train.eps)``.
+
+        None for models without architecture parameters. Override for another rule (GRDA).
+        """
+        params = self.arch_parameters()
+        if not params:
+            return None
+        return torch.optim.Adam(params, lr=train_cfg.lr_a, eps=train_cfg.eps)
+
+    def set_temperature(self, tau: float) -> None:
+        """Relaxation temperature τ, set by the training loop between steps (default: ignored)."""
+
+    def derive_architecture(self) -> "Architecture":
+        """The discrete architecture chosen by the learned architecture parameters."""
+        raise NotImplementedError(f"model {self.name!r} is not a search model")

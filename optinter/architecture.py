@@ -1,0 +1,216 @@
+"""A searched architecture: for every pair of fields, memorize / factorize / naive (eq. 15, 19).
+
+``architecture.json``::
+
+    {"version": 1, "model": "optinter", "source": "search",
+     "pairs": {"c0|c1": "memorize", ...},               # FeatureMap pair order
+     "probs": {"c0|c1": [p_m, p_f, p_n], ...},          # softmax(α), optional
+     "counts": [n_memorize, n_factorize, n_naive],      # as in Table VI
+     "feature_map_hash": "...", "meta": {...}}
+
+``model`` names the registered model whose re-train variant consumes it (``optinter`` or
+``autofis``). :meth:`Architecture.validate` checks it against a :class:`FeatureMap` with a
+clear error naming the offending pair.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from preprocess.feature_map import FeatureMap, fingerprint
+
+CHOICES = ("memorize", "factorize", "naive")
+ARCH_FILE = "architecture.json"
+ARCH_VERSION = 1
+
+
+@dataclass
+class Architecture:
+    """Per-pair choice (``CHOICES``) in feature-map pair order, with optional α probabilities."""
+
+    pairs: list[str]
+    choices: list[str]
+    probs: list[list[float]] | None = None  # P × 3, columns = CHOICES
+    model: str = "optinter"
+    source: str = "search"  # "search" | "bilevel" | "random" | "fixed"
+    feature_map_hash: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.pairs) != len(self.choices):
+            raise ValueError(f"architecture: {len(self.pairs)} pairs but {len(self.choices)} choices")
+        if len(set(self.pairs)) != len(self.pairs):
+            raise ValueError("architecture: duplicate pair names")
+        for p, c in zip(self.pairs, self.choices):
+            if c not in CHOICES:
+                raise ValueError(f"architecture: pair {p!r} has choice {c!r}; expected one of {CHOICES}")
+        if self.probs is not None:
+            if len(self.probs) != len(self.pairs) or any(len(r) != len(CHOICES) for r in self.probs):
+                raise ValueError(f"architecture: probs must be {len(self.pairs)} × {len(CHOICES)}")
+
+    # ---- views ---------------------------------------------------------------------------------
+    def counts(self) -> list[int]:
+        """``[n_memorize, n_factorize, n_naive]`` (Table VI)."""
+        return [self.choices.count(c) for c in CHOICES]
+
+    def count_dict(self) -> dict[str, int]:
+        m, f, n = self.counts()
+        return {"n_memorize": m, "n_factorize": f, "n_naive": n}
+
+    def choice(self, pair: str) -> str:
+        return self.choices[self.pairs.index(pair)]
+
+    def indices(self, kind: str) -> list[int]:
+        """Positions (in pair order) of the pairs with choice ``kind``."""
+        if kind not in CHOICES:
+            raise ValueError(f"unknown choice {kind!r}; expected one of {CHOICES}")
+        return [i for i, c in enumerate(self.choices) if c == kind]
+
+    def hash(self) -> str:
+        """Stable sha256 of the pair → choice mapping (probabilities and meta excluded)."""
+        return fingerprint([self.model, list(zip(self.pairs, self.choices))])
+
+    # ---- checks ---------------------------------------------------------------------------------
+    def validate(self, fmap: FeatureMap, where: str = "architecture") -> None:
+        """Raise ValueError unless the pairs are exactly the feature map's pairs, in its order."""
+        want = [p.name for p in fmap.pairs]
+        if self.pairs == want:
+            return
+        missing = [p for p in want if p not in self.pairs]
+        extra = [p for p in self.pairs if p not in want]
+        if missing or extra:
+            raise ValueError(
+                f"{where} does not match the feature map of dataset {fmap.dataset!r}: "
+                f"{len(self.pairs)} pairs vs {len(want)}; missing {missing[:5]}, unknown {extra[:5]}"
+            )
+        raise ValueError(f"{where}: pairs are not in the feature map's order (first is {self.pairs[0]!r}, expected {want[0]!r})")
+
+    def reorder(self, fmap: FeatureMap) -> "Architecture":
+        """The same choices in ``fmap``'s pair order (same pair set required)."""
+        want = [p.name for p in fmap.pairs]
+        if sorted(want) != sorted(self.pairs):
+            self.validate(fmap)
+        pos = {p: i for i, p in enumerate(self.pairs)}
+        return Architecture(
+            pairs=want,
+            choices=[self.choices[pos[p]] for p in want],
+            probs=None if self.probs is None else [self.probs[pos[p]] for p in want],
+            model=self.model,
+            source=self.source,
+            feature_map_hash=self.feature_map_hash,
+            meta=dict(self.meta),
+        )
+
+    # ---- (de)serialization ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "version": ARCH_VERSION,
+            "model": self.model,
+            "source": self.source,
+            "pairs": dict(zip(self.pairs, self.choices)),
+            "counts": self.counts(),
+            "feature_map_hash": self.feature_map_hash,
+            "hash": self.hash(),
+            "meta": self.meta,
+        }
+        if self.probs is not None:
+            d["probs"] = {p: [float(x) for x in r] for p, r in zip(self.pairs, self.probs)}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "architecture") -> "Architecture":
+        if d.get("version") != ARCH_VERSION:
+            raise ValueError(f"{where}: version {d.get('version')!r} is not supported (expected {ARCH_VERSION})")
+        if not isinstance(d.get("pairs"), dict):
+            raise ValueError(f"{where}: 'pairs' must map pair name → choice")
+        pairs = list(d["pairs"])
+        probs_d = d.get("probs")
+        probs = None
+        if probs_d is not None:
+            missing = [p for p in pairs if p not in probs_d]
+            if missing:
+                raise ValueError(f"{where}: no probs for pairs {missing[:5]}")
+            probs = [list(map(float, probs_d[p])) for p in pairs]
+        try:
+            return cls(
+                pairs=pairs,
+                choices=list(d["pairs"].values()),
+                probs=probs,
+                model=d.get("model", "optinter"),
+                source=d.get("source", "search"),
+                feature_map_hash=d.get("feature_map_hash", ""),
+                meta=d.get("meta", {}),
+            )
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON atomically (``path`` may be a folder: ``architecture.json`` inside)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / ARCH_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Architecture":
+        path = Path(path)
+        if path.is_dir():
+            path = path / ARCH_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no architecture file (run `optinter search` first)")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        return cls.from_dict(d, where=str(path))
+
+    # ---- constructors ---------------------------------------------------------------------------
+    @classmethod
+    def uniform(cls, fmap: FeatureMap, choice: str, model: str = "optinter") -> "Architecture":
+        """Every pair gets ``choice`` (``memorize`` = OptInter-M, ``factorize`` = OptInter-F)."""
+        return cls(
+            pairs=[p.name for p in fmap.pairs],
+            choices=[choice] * fmap.num_pairs,
+            model=model,
+            source="fixed",
+            feature_map_hash=fmap.content_hash,
+        )
+
+    @classmethod
+    def from_probs(
+        cls, fmap: FeatureMap, probs: np.ndarray | Sequence[Sequence[float]], model: str = "optinter", source: str = "search"
+    ) -> "Architecture":
+        """Argmax choice per pair (eq. 19) from P × 3 probabilities (columns = ``CHOICES``)."""
+        arr = np.asarray(probs, dtype=np.float64)
+        if arr.shape != (fmap.num_pairs, len(CHOICES)):
+            raise ValueError(f"probs must be {fmap.num_pairs} × {len(CHOICES)}, got {arr.shape}")
+        return cls(
+            pairs=[p.name for p in fmap.pairs],
+            choices=[CHOICES[k] for k in arr.argmax(axis=1)],
+            probs=arr.tolist(),
+            model=model,
+            source=source,
+            feature_map_hash=fmap.content_hash,
+        )
+
+
+def random_architecture(fmap: FeatureMap, seed: int, model: str = "optinter") -> Architecture:
+    """Each pair gets a uniformly random choice (Table VIII "Random"), reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(CHOICES), size=fmap.num_pairs)
+    return Architecture(
+        pairs=[p.name for p in fmap.pairs],
+        choices=[CHOICES[k] for k in picks],
+        model=model,
+        source="random",
+        feature_map_hash=fmap.content_hash,
+        meta={"seed": seed},
+    )
