@@ -1,0 +1,42 @@
+"""The ``dask.distributed`` client the stage runs on.
+
+A :class:`distributed.LocalCluster` is started (inside :func:`dask_client`, never at import) unless a
+scheduler address is given, either explicitly or by ``DASK_SCHEDULER_ADDRESS``; then the stage runs
+on that cluster unchanged (its workers must be able to import ``preprocess`` and read/write the
+input and output folders, e.g. a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def dask_client(scheduler: str | None = None, n_workers: int = 2, threads_per_worker: int = 1,
+                processes: bool = True) -> Iterator["distributed.Client"]:  # type: ignore[name-defined]  # noqa: F821
+    from distributed import Client, LocalCluster
+
+    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        log.info("connecting to Dask scheduler %s", address)
+        client = Client(address, timeout="30s")
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    log.info("starting LocalCluster: %d workers x %d threads (%s)", n_workers, threads_per_worker,
+             "processes" if processes else "threads")
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
+                           dashboard_address=":0", silence_logs=logging.WARNING)
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()

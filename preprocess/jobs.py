@@ -1,0 +1,289 @@
+"""The Dask jobs of the preprocessing stage, each a plain function of a ``distributed.Client``.
+
+Every job maps a small, top-level task function over partitions (line-aligned blocks of the raw
+files, then the parquet parts they produced); rows never travel through the scheduler: each task
+reads its partition from disk, works on it with numpy / pyarrow and writes its result back to the
+scratch folder, returning only small statistics.  Counting is per partition (value → count tables,
+cross key → count tables written as ``.npy``) and reduced per field / per pair, so memory depends
+on the partition size and the vocabulary sizes, not on the number of rows.
+
+1. :func:`ingest`      raw text → typed parquet per split (bad-row checks, the seeded split,
+                        bucketized / derived fields, train value counts and min/max statistics)
+2. split               done inside ingest by :func:`preprocess.split.assign_split`
+3. :func:`fit_oov`     per-field reduce of the count tables → :class:`OOVThresholder`
+4. :func:`fit_minmax`  reduce of the min/max statistics → :class:`MinMaxScaler`
+5. :func:`encode_fields` + :func:`fit_cross` field ids per split, cross counts on train →
+                        :class:`CrossVocab`
+6. :func:`encode_pairs` final parquet: field ids, pair ids, continuous values, label
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+
+from preprocess.cross_vocab import CrossVocab, count_pair, reduce_pair
+from preprocess.errors import PreprocessError
+from preprocess.feature_map import pair_column
+from preprocess.io import Block, parse_block, read_range
+from preprocess.minmax import MinMaxScaler, bucket_tokens
+from preprocess.oov import OOVThresholder, count_values, reduce_counts
+from preprocess.split import SPLIT_NAMES, assign_split
+
+log = logging.getLogger(__name__)
+MAX_BAD_EXAMPLES = 20
+
+
+def _run(client: Any, fn: Callable, items: list, what: str, **kwargs: Any) -> list:
+    """Map ``fn`` over ``items`` on the cluster, log progress, return results in item order."""
+    from distributed import as_completed
+
+    t0 = time.perf_counter()
+    futs = client.map(functools.partial(fn, **kwargs) if kwargs else fn, items, pure=False)
+    pos = {f.key: i for i, f in enumerate(futs)}
+    out: list = [None] * len(futs)
+    step = max(1, len(futs) // 10)
+    done = 0
+    try:
+        for fut in as_completed(futs):
+            out[pos[fut.key]] = fut.result()
+            done += 1
+            if done % step == 0 or done == len(futs):
+                log.info("%s: %d/%d partitions (%.1fs)", what, done, len(futs), time.perf_counter() - t0)
+    except BaseException:
+        client.cancel(futs)
+        raise
+    return out
+
+
+# ---- 1. ingest ------------------------------------------------------------------------------------
+def _derive(fn: str, col: pa.Array) -> pa.Array:
+    s = col.cast(pa.string()) if pa.types.is_dictionary(col.type) else col
+    s = pc.utf8_trim_whitespace(s)
+    if fn == "hour_of_day":
+        r = pc.utf8_slice_codeunits(s, 6, 8)
+    else:  # weekday of YYMMDD..
+        d = pc.strptime(pc.utf8_slice_codeunits(s, 0, 6), format="%y%m%d", unit="s", error_is_null=True)
+        r = pc.day_of_week(d).cast(pa.string())
+    return r.fill_null("")
+
+
+def ingest_block(block: Block, spec: dict[str, Any]) -> dict[str, Any]:
+    """Task: parse one block, split its rows, write typed parquet per split and train statistics."""
+    data = read_range(block.path, block.start, block.end)
+    parsed = parse_block(data, spec["columns"], spec["sep"], spec["label"], spec["keep"], spec["continuous"])
+    bad = parsed["bad"]
+    res: dict[str, Any] = {"index": block.index, "n_lines": parsed["n_lines"],
+                           "bad_counts": dict(Counter(r for _, r, _ in bad)), "bad": bad[:MAX_BAD_EXAMPLES],
+                           "rows": [0, 0, 0], "positives": [0, 0, 0], "minmax": None}
+    if bad and spec["on_bad_rows"] == "error":
+        return res
+    t = parsed["table"]
+    n = t.num_rows
+    if block.split is None:
+        sp = assign_split(spec["seed"], block.file_index, parsed["offsets"] + block.start, spec["ratios"])
+    else:
+        sp = np.full(n, block.split, dtype=np.int8)
+    cols: dict[str, Any] = {spec["label"]: t[spec["label"]]}
+    derived = spec["derived"]
+    for name, kind, source, bucketized in spec["fields"]:
+        if kind == "continuous":
+            cols[name] = t[source]
+        elif bucketized:
+            cols[name] = bucket_tokens(t[source].to_numpy()).dictionary_encode()
+        elif name in derived:
+            cols[name] = _derive(derived[name], t[source]).dictionary_encode()
+        else:
+            cols[name] = t[source]
+    typed = pa.table(cols)
+    work = Path(spec["work"])
+    label_np = t[spec["label"]].to_numpy()
+    for s, sname in enumerate(SPLIT_NAMES):
+        mask = sp == s
+        k = int(mask.sum())
+        if not k:
+            continue
+        sub = typed.filter(pa.array(mask)) if k < n else typed
+        pq.write_table(sub, work / "typed" / sname / f"b{block.index:05d}.parquet", compression="none")
+        res["rows"][s] = k
+        res["positives"][s] = int(label_np[mask].sum())
+        if s == 0:
+            for fi, name in enumerate(spec["cat_fields"]):
+                feather.write_feather(count_values(sub[name]), work / "counts" / f"f{fi:03d}" / f"b{block.index:05d}.arrow",
+                                      compression="uncompressed")
+            res["minmax"] = MinMaxScaler.partial_stats({f: sub[f].to_numpy() for f in spec["cont_fields"]})
+    return res
+
+
+def ingest(client: Any, blocks: list[Block], spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Job 1 (+2): every block → ``typed/{split}/bNNNNN.parquet``; returns per-block statistics."""
+    work = Path(spec["work"])
+    for s in SPLIT_NAMES:
+        (work / "typed" / s).mkdir(parents=True, exist_ok=True)
+    for fi in range(len(spec["cat_fields"])):
+        (work / "counts" / f"f{fi:03d}").mkdir(parents=True, exist_ok=True)
+    return _run(client, ingest_block, blocks, "ingest", spec=spec)
+
+
+# ---- 3. OOV ---------------------------------------------------------------------------------------
+def reduce_field(item: tuple[str, int]) -> dict[str, Any]:
+    """Task: sum one field's count tables (``(folder, threshold)``) over all train blocks, apply the threshold."""
+    field_dir, threshold = item
+    parts = [feather.read_table(p) for p in sorted(Path(field_dir).glob("b*.arrow"))]
+    return reduce_counts(parts, threshold)
+
+
+def fit_oov(client: Any, spec: dict[str, Any], oov: OOVThresholder) -> OOVThresholder:
+    """Job 3: per-field vocabularies fitted on train."""
+    work = Path(spec["work"])
+    names = spec["cat_fields"]
+    dirs = [str(work / "counts" / f"f{fi:03d}") for fi in range(len(names))]
+    res = _run(client, reduce_field, list(zip(dirs, [oov.threshold_for(n) for n in names])), "OOV vocabulary")
+    for n, r in zip(names, res):
+        oov.set_field(n, r)
+    return oov
+
+
+# ---- 4. min-max -----------------------------------------------------------------------------------
+def fit_minmax(results: list[dict[str, Any]], cont_fields: list[str]) -> MinMaxScaler:
+    parts = [r["minmax"] for r in results if r.get("minmax")]
+    sc = MinMaxScaler().fit_stats(parts)
+    for f in cont_fields:
+        sc.min_.setdefault(f, 0.0)
+        sc.max_.setdefault(f, 0.0)
+        sc.missing_.setdefault(f, 0)
+    return sc
+
+
+# ---- 5. field encoding + cross vocabulary ------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _load_oov(path: str) -> OOVThresholder:
+    return OOVThresholder.load(path)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_minmax(path: str) -> MinMaxScaler:
+    return MinMaxScaler.load(path)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cross(path: str) -> CrossVocab:
+    return CrossVocab.load(path)
+
+
+def encode_fields_part(item: tuple[str, int], spec: dict[str, Any]) -> dict[str, Any]:
+    """Task: typed part → field ids / scaled values (``enc/``); on train also cross count tables."""
+    sname, idx = item
+    work = Path(spec["work"])
+    t = pq.read_table(work / "typed" / sname / f"b{idx:05d}.parquet")
+    oov = _load_oov(str(work / "oov.json"))
+    mm = _load_minmax(str(work / "minmax.json"))
+    cols: dict[str, Any] = {spec["label"]: pa.array(t[spec["label"]].to_numpy().astype(np.float32))}
+    ids: dict[str, np.ndarray] = {}
+    for name, kind, _, _ in spec["fields"]:
+        if kind == "categorical":
+            ids[name] = oov.transform_column(name, t[name])
+            cols[name] = pa.array(ids[name])
+        else:
+            cols[name] = pa.array(mm.transform_column(name, t[name].to_numpy()))
+    pq.write_table(pa.table(cols), work / "enc" / sname / f"b{idx:05d}.parquet", compression="none")
+    if sname == "train" and spec["pairs"]:
+        keys, counts, offs = [], [], [0]
+        for a, b in spec["pairs"]:
+            k, c = count_pair(ids[a], ids[b], oov.vocab_size(a), oov.vocab_size(b))
+            keys.append(k)
+            counts.append(c)
+            offs.append(offs[-1] + len(k))
+        d = work / "xcounts"
+        np.save(d / f"b{idx:05d}_k.npy", np.concatenate(keys))
+        np.save(d / f"b{idx:05d}_c.npy", np.concatenate(counts))
+        np.save(d / f"b{idx:05d}_o.npy", np.asarray(offs, dtype=np.int64))
+    return {"rows": t.num_rows}
+
+
+def encode_fields(client: Any, spec: dict[str, Any], parts: list[tuple[str, int]]) -> None:
+    """Job 5a: field ids for every split; cross count tables of the train parts."""
+    work = Path(spec["work"])
+    for s in SPLIT_NAMES:
+        (work / "enc" / s).mkdir(parents=True, exist_ok=True)
+    (work / "xcounts").mkdir(parents=True, exist_ok=True)
+    _run(client, encode_fields_part, parts, "encode fields + count crosses", spec=spec)
+
+
+def reduce_pairs(group: list[int], spec: dict[str, Any], thresholds: list[int]) -> list[dict[str, Any]]:
+    """Task: reduce the cross count tables of a group of pairs (one pair in memory at a time)."""
+    d = Path(spec["work"]) / "xcounts"
+    blocks = sorted(p.name[:-6] for p in d.glob("b*_o.npy"))
+    mm = [(np.load(d / f"{b}_k.npy", mmap_mode="r"), np.load(d / f"{b}_c.npy", mmap_mode="r"),
+           np.load(d / f"{b}_o.npy")) for b in blocks]
+    out = []
+    for pi in group:
+        parts = [(np.asarray(k[o[pi]:o[pi + 1]]), np.asarray(c[o[pi]:o[pi + 1]])) for k, c, o in mm]
+        r = reduce_pair(parts, thresholds[pi])
+        r["pair"] = pi
+        out.append(r)
+    return out
+
+
+def fit_cross(client: Any, spec: dict[str, Any], oov: OOVThresholder, cv: CrossVocab) -> CrossVocab:
+    """Job 5b: cross vocabulary of every pair from the train count tables."""
+    pairs = spec["pairs"]
+    if not pairs:
+        cv._init_state()
+        return cv
+    names = [pair_column(a, b) for a, b in pairs]
+    thresholds = [cv.threshold_for(n) for n in names]
+    n_groups = min(len(pairs), max(1, 4 * spec.get("n_workers", 2)))
+    groups = [list(range(len(pairs)))[g::n_groups] for g in range(n_groups)]
+    res = _run(client, reduce_pairs, groups, "cross vocabulary", spec=spec, thresholds=thresholds)
+    cv._init_state()
+    flat = {r["pair"]: r for grp in res for r in grp}
+    for pi, (a, b) in enumerate(pairs):
+        cv.set_pair(names[pi], oov.vocab_size(b), flat[pi])
+    return cv
+
+
+# ---- 6. final encoding ----------------------------------------------------------------------------
+def encode_pairs_part(item: tuple[str, int, int], spec: dict[str, Any]) -> dict[str, Any]:
+    """Task: enc part + pair ids → ``<tmp_out>/{split}/part-NNNNN.parquet``."""
+    sname, idx, k = item
+    work = Path(spec["work"])
+    t = pq.read_table(work / "enc" / sname / f"b{idx:05d}.parquet")
+    if spec["pairs"]:
+        cv = _load_cross(str(work / "cross"))
+        ids = {f: t[f].to_numpy() for f in spec["cross_fields"]}
+        for a, b in spec["pairs"]:
+            name = pair_column(a, b)
+            t = t.append_column(name, pa.array(cv.transform_pair(name, ids[a], ids[b])))
+    pq.write_table(t, Path(spec["tmp_out"]) / sname / f"part-{k:05d}.parquet", compression="snappy")
+    return {"rows": t.num_rows}
+
+
+def encode_pairs(client: Any, spec: dict[str, Any], parts: list[tuple[str, int, int]]) -> None:
+    for s in SPLIT_NAMES:
+        (Path(spec["tmp_out"]) / s).mkdir(parents=True, exist_ok=True)
+    _run(client, encode_pairs_part, parts, "encode pairs + write", spec=spec)
+
+
+def raise_first_bad(results: list[dict[str, Any]], blocks: list[Block], header_lines: dict[int, int]) -> None:
+    """In ``on_bad_rows="error"`` mode: raise for the first bad row in input order, with its line."""
+    lines_before: dict[int, int] = {}
+    for blk, r in zip(blocks, results):
+        base = lines_before.get(blk.file_index, header_lines.get(blk.file_index, 0))
+        if r["bad"]:
+            local, reason, detail = r["bad"][0]
+            total = sum(sum(x["bad_counts"].values()) for x in results)
+            more = f" ({total - 1} more bad rows; use --on-bad-rows skip to drop them)" if total > 1 else \
+                " (use --on-bad-rows skip to drop such rows)"
+            raise PreprocessError(detail + more, file=blk.shown, line=base + local + 1, reason=reason)
+        lines_before[blk.file_index] = base + r["n_lines"]
