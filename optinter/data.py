@@ -1,0 +1,308 @@
+"""Streaming mini-batches from the encoded parquet splits with bounded memory.
+
+Reads ``<data_dir>/<split>/*.parquet`` (the layout of ``feature_map.json``) in chunks of at most
+``chunk_rows`` rows per record batch, only the columns the model needs (categorical ids,
+continuous values, the label, and the pair columns the model asks for). Columns are converted
+to numpy/torch column-wise (no per-row Python).
+
+Training order is deterministic per (seed, epoch): the list of row groups is permuted, chunks
+are collected into a shuffle buffer of about ``shuffle_buffer`` rows, and the buffer is permuted
+before it is cut into batches; rows left over (fewer than a batch) are carried into the next
+buffer. Memory is bounded by the buffer (plus one chunk), whatever the size of the split.
+Evaluation order is the stored row order.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from preprocess.feature_map import FeatureMap
+
+from .models.base import Batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One row group of one parquet file."""
+
+    path: Path
+    row_group: int
+    rows: int
+
+
+def split_files(data_dir: str | Path, fmap: FeatureMap, split: str) -> list[Path]:
+    """The parquet files of ``split`` in sorted order (clear error when there are none)."""
+    if split not in fmap.splits:
+        raise ValueError(f"feature map has no split {split!r} (splits: {sorted(fmap.splits)})")
+    folder = fmap.split_dir(data_dir, split)
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"{folder}: no parquet files for split {split!r}")
+    return files
+
+
+def check_split_schema(
+    data_dir: str | Path, fmap: FeatureMap, split: str, pair_names: Sequence[str] = ()
+) -> int:
+    """Check that every file of ``split`` has the needed columns with usable types; return its rows.
+
+    Raises ValueError naming the file and column on a missing column or a wrong type.
+    """
+    need: dict[str, str] = {fmap.label: "float"}
+    for f in fmap.categorical:
+        need[f.column] = "int"
+    for f in fmap.continuous:
+        need[f.column] = "float"
+    pcol = {p.name: p.column for p in fmap.pairs}
+    for name in pair_names:
+        if name not in pcol:
+            raise ValueError(f"pair {name!r} is not in the feature map")
+        need[pcol[name]] = "int"
+    rows = 0
+    for path in split_files(data_dir, fmap, split):
+        meta = pq.ParquetFile(path)
+        schema = meta.schema_arrow
+        for col, kind in need.items():
+            idx = schema.get_field_index(col)
+            if idx < 0:
+                raise ValueError(f"{path}: missing column {col!r} needed by the model")
+            t = schema.field(idx).type
+            ok = pa.types.is_integer(t) if kind == "int" else (pa.types.is_floating(t) or pa.types.is_integer(t))
+            if not ok:
+                raise ValueError(f"{path}: column {col!r} has type {t}, expected {kind}")
+        rows += meta.metadata.num_rows
+    expected = fmap.splits[split].rows
+    if expected and rows != expected:
+        raise ValueError(f"{fmap.split_dir(data_dir, split)}: {rows} rows, but feature_map.json says {expected}")
+    return rows
+
+
+class ParquetBatches:
+    """Iterable of :class:`Batch` (CPU tensors) over one split.
+
+    ``pair_names``: the pair columns to read, in the column order of ``batch.pairs``
+    (``model.required_pairs()``; empty → ``batch.pairs`` is B × 0).
+    ``shuffle``: deterministic per (``seed``, epoch), epoch set with :meth:`set_epoch`.
+    ``check_ids``: raise on ids ≥ vocab size (a cheap vectorized max per chunk).
+    ``prefetch``: number of batches prepared ahead in a background thread (0 = none).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        fmap: FeatureMap,
+        split: str,
+        batch_size: int,
+        pair_names: Sequence[str] = (),
+        shuffle: bool = False,
+        seed: int = 0,
+        shuffle_buffer: int = 200_000,
+        chunk_rows: int = 65_536,
+        drop_last: bool = False,
+        check_ids: bool = True,
+        prefetch: int = 2,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.data_dir = Path(data_dir)
+        self.fmap = fmap
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.shuffle_buffer = max(shuffle_buffer, batch_size)
+        self.chunk_rows = chunk_rows
+        self.drop_last = drop_last
+        self.check_ids = check_ids
+        self.prefetch = prefetch
+        self.epoch = 0
+        pairs = {p.name: p for p in fmap.pairs}
+        missing = [n for n in pair_names if n not in pairs]
+        if missing:
+            raise ValueError(f"pairs {missing[:5]} are not in the feature map")
+        self.cat_cols = [f.column for f in fmap.categorical]
+        self.cat_vocab = np.array([f.vocab_size for f in fmap.categorical], dtype=np.int64)
+        self.cont_cols = [f.column for f in fmap.continuous]
+        self.pair_cols = [pairs[n].column for n in pair_names]
+        self.pair_vocab = np.array([pairs[n].vocab_size for n in pair_names], dtype=np.int64)
+        self.columns = self.cat_cols + self.cont_cols + self.pair_cols + [fmap.label]
+        self.units: list[_Unit] = []
+        for path in split_files(data_dir, fmap, split):
+            md = pq.ParquetFile(path).metadata
+            self.units.extend(_Unit(path, g, md.row_group(g).num_rows) for g in range(md.num_row_groups))
+        self.num_rows = sum(u.rows for u in self.units)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        """Number of batches per epoch."""
+        if self.drop_last:
+            return self.num_rows // self.batch_size
+        return -(-self.num_rows // self.batch_size)
+
+    # ---- reading -----------------------------------------------------------------------------------
+    def _chunks(self, units: Sequence[_Unit]) -> Iterator[dict[str, np.ndarray]]:
+        """Column arrays of at most ``chunk_rows`` rows, unit by unit."""
+        cur_path: Path | None = None
+        pf: pq.ParquetFile | None = None
+        for u in units:
+            if u.path != cur_path:
+                pf = pq.ParquetFile(u.path)
+                cur_path = u.path
+            assert pf is not None
+            for rb in pf.iter_batches(batch_size=self.chunk_rows, row_groups=[u.row_group], columns=self.columns):
+                yield self._convert(rb, u.path)
+
+    def _stack(self, rb: pa.RecordBatch, cols: list[str], dtype: type, path: Path) -> np.ndarray:
+        out = np.empty((rb.num_rows, len(cols)), dtype=dtype)
+        for k, c in enumerate(cols):
+            col = rb.column(c)
+            if col.null_count:
+                raise ValueError(f"{path}: column {c!r} has {col.null_count} missing values")
+            out[:, k] = col.to_numpy(zero_copy_only=False)
+        return out
+
+    def _convert(self, rb: pa.RecordBatch, path: Path) -> dict[str, np.ndarray]:
+        cat = self._stack(rb, self.cat_cols, np.int64, path)
+        pairs = self._stack(rb, self.pair_cols, np.int64, path)
+        if self.check_ids and rb.num_rows:
+            for arr, vocab, names in ((cat, self.cat_vocab, self.cat_cols), (pairs, self.pair_vocab, self.pair_cols)):
+                if arr.shape[1]:
+                    bad = (arr.max(axis=0) >= vocab) | (arr.min(axis=0) < 0)
+                    if bad.any():
+                        k = int(np.flatnonzero(bad)[0])
+                        raise ValueError(
+                            f"{path}: column {names[k]!r} has ids outside [0, {vocab[k]}) "
+                            f"(max {arr[:, k].max()}); data does not match feature_map.json"
+                        )
+        return {
+            "cat": cat,
+            "cont": self._stack(rb, self.cont_cols, np.float32, path),
+            "pairs": pairs,
+            "label": rb.column(self.fmap.label).to_numpy(zero_copy_only=False).astype(np.float32, copy=False),
+        }
+
+    @staticmethod
+    def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    @staticmethod
+    def _to_batch(arrs: dict[str, np.ndarray], sl: slice | np.ndarray) -> Batch:
+        return Batch(
+            torch.from_numpy(np.ascontiguousarray(arrs["cat"][sl])),
+            torch.from_numpy(np.ascontiguousarray(arrs["cont"][sl])),
+            torch.from_numpy(np.ascontiguousarray(arrs["pairs"][sl])),
+            torch.from_numpy(np.ascontiguousarray(arrs["label"][sl])),
+        )
+
+    def _iter_ordered(self) -> Iterator[Batch]:
+        pending: list[dict[str, np.ndarray]] = []
+        rows = 0
+        for ch in self._chunks(self.units):
+            pending.append(ch)
+            rows += len(ch["label"])
+            if rows >= self.batch_size:
+                buf = self._concat(pending)
+                n_full = (rows // self.batch_size) * self.batch_size
+                for s in range(0, n_full, self.batch_size):
+                    yield self._to_batch(buf, slice(s, s + self.batch_size))
+                pending = [{k: v[n_full:] for k, v in buf.items()}] if n_full < rows else []
+                rows -= n_full
+        if rows and not self.drop_last:
+            yield self._to_batch(self._concat(pending), slice(0, rows))
+
+    def _iter_shuffled(self) -> Iterator[Batch]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        units = [self.units[i] for i in rng.permutation(len(self.units))]
+        pending: list[dict[str, np.ndarray]] = []
+        rows = 0
+
+        def flush(final: bool) -> Iterator[Batch]:
+            nonlocal pending, rows
+            buf = self._concat(pending)
+            perm = rng.permutation(rows)
+            n_full = (rows // self.batch_size) * self.batch_size
+            for s in range(0, n_full, self.batch_size):
+                yield self._to_batch(buf, perm[s : s + self.batch_size])
+            rest = perm[n_full:]
+            if final:
+                if len(rest) and not self.drop_last:
+                    yield self._to_batch(buf, rest)
+                pending, rows = [], 0
+            else:
+                pending = [{k: v[rest] for k, v in buf.items()}] if len(rest) else []
+                rows = len(rest)
+
+        for ch in self._chunks(units):
+            pending.append(ch)
+            rows += len(ch["label"])
+            if rows >= self.shuffle_buffer:
+                yield from flush(final=False)
+        if rows:
+            yield from flush(final=True)
+
+    def _iter(self) -> Iterator[Batch]:
+        return self._iter_shuffled() if self.shuffle else self._iter_ordered()
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.prefetch <= 0:
+            return self._iter()
+        return _prefetch(self._iter(), self.prefetch)
+
+
+_DONE = object()
+
+
+def _prefetch(it: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    """Run ``it`` in a background thread, ``depth`` items ahead (pyarrow/numpy release the GIL)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+
+    t = threading.Thread(target=work, daemon=True, name="parquet-prefetch")
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            t.join(timeout=0.05)

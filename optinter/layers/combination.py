@@ -1,0 +1,125 @@
+"""The combination block of OptInter's search stage (paper eq. 15–18, Fig. 3).
+
+For each pair (i, j) the block outputs
+
+    e^b_(i,j) = p^m · e^m_(i,j) + p^f · e^f_(i,j) + p^n · e^n,      e^n = 0       (eq. 18)
+
+with p = relax(α_(i,j)) ∈ Δ³ from the architecture parameters α ∈ R^{P×3} (columns in the order
+``CHOICES = (memorize, factorize, naive)``; α holds log-probabilities up to a constant, i.e.
+logits, initialised to 0 = uniform).
+
+Relaxations (``model.relaxation``):
+
+* ``"gumbel"`` (eq. 16–17): p = softmax((α + g) / τ), g = −log(−log u), u ~ U(0, 1), one
+  noise draw per pair per training step (P × 3), drawn on the CPU from the block's own seeded
+  ``torch.Generator`` (its state is saved in ``state_dict`` so a resumed run draws the same noise);
+* ``"softmax"``: p = softmax(α / τ) with an annealed τ (the authors' released code).
+
+τ is *set by the training loop* (:meth:`CombinationBlock.set_temperature`, schedule
+``tau_start → tau_end``); ``forward`` never changes it. In eval mode no noise is drawn and the
+weights are either the expected weights softmax(α / τ) (``eval_weights="expected"``) or the
+one-hot argmax of α (``"argmax"``, eq. 19) — the "no re-train" ablation of Table IX.
+
+Dimensions: memorized embeddings have width s2 (``mem_dim``) and factorized ones width
+``fac_dim`` (s1 for ``factorize_source="orig"``, s2 for ``"table"``). During search every pair
+gets one slot of width W = max(mem_dim, fac_dim); the narrower candidate is zero-padded on the
+right (so e.g. with s1=20, s2=10 the memorized embedding fills the first 10 coordinates of the
+slot). The re-trained model has no block: each pair contributes only its own width
+(s2 memorized, fac_dim factorized, 0 naive).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import RELAXATIONS
+
+EVAL_WEIGHTS = ("expected", "argmax")
+
+
+def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """i.i.d. standard Gumbel noise −log(−log u) (CPU float32), drawn from ``generator``."""
+    u = torch.rand(shape, generator=generator).clamp_(1e-10, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+class CombinationBlock(nn.Module):
+    """Relaxed per-pair choice among memorized / factorized / naive embeddings.
+
+    forward: e_m B × P × mem_dim, e_f B × P × fac_dim → e_b B × P × W, W = max(mem_dim, fac_dim).
+    """
+
+    def __init__(
+        self,
+        num_pairs: int,
+        mem_dim: int,
+        fac_dim: int,
+        relaxation: str = "gumbel",
+        tau: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if relaxation not in RELAXATIONS:
+            raise ValueError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
+        self.num_pairs = num_pairs
+        self.mem_dim = mem_dim
+        self.fac_dim = fac_dim
+        self.width = max(mem_dim, fac_dim)
+        self.relaxation = relaxation
+        self.alpha = nn.Parameter(torch.zeros(num_pairs, 3))
+        self.tau = float(tau)
+        self.eval_weights = "expected"
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    # ---- settings (called by the training loop, never inside forward) ---------------------------
+    def set_temperature(self, tau: float) -> None:
+        if not tau > 0:
+            raise ValueError(f"temperature must be > 0, got {tau}")
+        self.tau = float(tau)
+
+    def set_eval_weights(self, mode: str) -> None:
+        if mode not in EVAL_WEIGHTS:
+            raise ValueError(f"eval weights must be one of {EVAL_WEIGHTS}, got {mode!r}")
+        self.eval_weights = mode
+
+    # ---- weights ---------------------------------------------------------------------------------
+    def probabilities(self) -> torch.Tensor:
+        """softmax(α) (τ = 1, no noise): P × 3, reported in architecture.json."""
+        return torch.softmax(self.alpha.detach().float(), dim=-1)
+
+    def weights(self) -> torch.Tensor:
+        """The P × 3 mixing weights p used by the next forward pass (draws noise in training)."""
+        if not self.training:
+            if self.eval_weights == "argmax":
+                return F.one_hot(self.alpha.argmax(dim=-1), 3).to(self.alpha.dtype)
+            return torch.softmax(self.alpha / self.tau, dim=-1)
+        logits = self.alpha
+        if self.relaxation == "gumbel":
+            logits = logits + gumbel_noise(tuple(self.alpha.shape), self.generator).to(self.alpha.device)
+        return torch.softmax(logits / self.tau, dim=-1)
+
+    def forward(self, e_m: torch.Tensor, e_f: torch.Tensor) -> torch.Tensor:
+        """e_m: B × P × mem_dim, e_f: B × P × fac_dim → B × P × W (eq. 18, zero-padded to W)."""
+        w = self.weights().to(e_m.dtype)
+        if e_m.shape[-1] < self.width:
+            e_m = F.pad(e_m, (0, self.width - e_m.shape[-1]))
+        if e_f.shape[-1] < self.width:
+            e_f = F.pad(e_f, (0, self.width - e_f.shape[-1]))
+        # p^n · e^n vanishes: e^n is the zero vector.
+        return e_m * w[:, 0].view(1, -1, 1) + e_f * w[:, 1].view(1, -1, 1)
+
+    # ---- the noise generator and τ travel with the state dict ------------------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "tau": self.tau, "eval_weights": self.eval_weights}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.tau = float(state["tau"])
+        self.eval_weights = state.get("eval_weights", "expected")
+
+    def extra_repr(self) -> str:
+        return f"pairs={self.num_pairs}, mem_dim={self.mem_dim}, fac_dim={self.fac_dim}, relaxation={self.relaxation}"

@@ -1,0 +1,85 @@
+"""The search stage (Algorithm 1) and the "no re-train" ablation (Table IX).
+
+:func:`search` trains a search model (any model implementing the search-model protocol of
+:mod:`optinter.models.base`: OptInter's α, AutoFIS's gates): Θ and the architecture parameters
+are updated on the same mini-batch with separate optimizers (lr_o / lr_c for Θ, lr_a for α), or
+alternately (Θ on train, α on validation batches) when ``train.bilevel`` is set. The model
+selected on the validation AUC gives the architecture (argmax per pair, eq. 19).
+
+:func:`evaluate_without_retrain` scores the searched model directly, with the one-hot argmax
+choice per pair (``mode="argmax"``, the discrete architecture the re-train would use; the
+default) or the expected weights softmax(α/τ_end) (``mode="expected"``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from .architecture import Architecture
+from .config import RunConfig
+from .models.base import Batch, CTRModel
+from .tracking import Tracker
+from .train import FitResult, evaluate, fit
+
+log = logging.getLogger(__name__)
+
+
+def search(
+    model: CTRModel,
+    train_data: Any,
+    valid_data: Iterable[Batch],
+    cfg: RunConfig,
+    work_dir: str | Path | None = None,
+    tracker: Tracker | None = None,
+    *,
+    bilevel_data: Any | None = None,
+    fingerprint: str = "",
+) -> tuple[Architecture, FitResult]:
+    """Run Algorithm 1 for ``cfg.train.search_epochs`` epochs; return (architecture, fit result).
+
+    ``bilevel_data`` (shuffled validation batches) is required when ``cfg.train.bilevel``.
+    """
+    if not model.is_search_model:
+        raise ValueError(f"model {model.name!r} has no architecture parameters; it cannot be searched")
+    if cfg.train.bilevel and bilevel_data is None:
+        raise ValueError("train.bilevel=true needs validation batches for the α updates (bilevel_data)")
+    result = fit(
+        model,
+        train_data,
+        valid_data,
+        cfg,
+        work_dir,
+        tracker,
+        epochs=cfg.train.search_epochs,
+        bilevel_data=bilevel_data if cfg.train.bilevel else None,
+        fingerprint=fingerprint,
+        metric_prefix="search_",
+    )
+    arch = model.derive_architecture()
+    arch.source = "bilevel" if cfg.train.bilevel else "search"
+    arch.meta.update({"best_epoch": result.best_epoch, "search_valid_auc": result.best_valid_auc})
+    m, f, n = arch.counts()
+    log.info("search: %d memorize, %d factorize, %d naive (best epoch %d)", m, f, n, result.best_epoch)
+    return arch, result
+
+
+def evaluate_without_retrain(
+    model: CTRModel, batches: Iterable[Batch], device: torch.device, mode: str = "argmax", amp: bool = False
+) -> dict[str, float]:
+    """AUC / log loss of the searched model itself (Table IX "w.o." re-train).
+
+    ``mode="argmax"``: each pair uses only its argmax candidate (one-hot weights, no noise);
+    ``"expected"``: the deterministic relaxed weights softmax(α/τ). The model's eval-weight
+    setting is restored afterwards.
+    """
+    if not hasattr(model, "set_eval_weights"):
+        return evaluate(model, batches, device, amp)
+    model.set_eval_weights(mode)
+    try:
+        return evaluate(model, batches, device, amp)
+    finally:
+        model.set_eval_weights("expected")

@@ -1,0 +1,321 @@
+"""Stage functions used by the CLI and the Prefect flows: search, re-train, train.
+
+Each one validates the configuration, the feature map, the architecture and the parquet schema
+*before* training (clear errors), trains with checkpoints in a work folder next to ``out_dir``
+(``<out_dir>.work``; an interrupted run resumes from it), evaluates the test split once with the
+best (validation-AUC) weights, writes its outputs into a temporary folder that is renamed to
+``out_dir`` at the end, logs params / metrics / artifacts to the tracker and returns the metrics.
+
+``metrics.json`` keys: ``model``, ``stage``, ``valid_auc``, ``valid_logloss``, ``test_auc``,
+``test_logloss``, ``params``, ``epochs``, ``best_epoch``, ``seconds``, ``samples_per_s``, and for
+models with an architecture ``n_memorize``, ``n_factorize``, ``n_naive``, ``arch_hash``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from preprocess.feature_map import FeatureMap, fingerprint
+
+from .architecture import ARCH_FILE, Architecture
+from .config import RunConfig
+from .data import ParquetBatches, check_split_schema
+from .models.base import CTRModel
+from .registry import available_models, build_model, build_search_model, has_search_variant, needs_architecture
+from .search import evaluate_without_retrain, search
+from .tracking import Tracker, as_tracker
+from .train import FitResult, evaluate, fit, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.pt"
+
+
+# ---- helpers ----------------------------------------------------------------------------------------
+def load_feature_map(data_dir: str | Path) -> FeatureMap:
+    """The feature map of an encoded data folder (clear error when it is not one)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir}: data folder does not exist (run `optinter preprocess` first)")
+    return FeatureMap.load(data_dir)
+
+
+def _validate(cfg: RunConfig, data_dir: str | Path) -> FeatureMap:
+    cfg.validate()
+    fmap = load_feature_map(data_dir)
+    for split in ("train", "valid", "test"):
+        if split not in fmap.splits:
+            raise ValueError(f"{data_dir}/feature_map.json: no {split!r} split")
+    if not fmap.fields:
+        raise ValueError(f"{data_dir}/feature_map.json: no fields")
+    return fmap
+
+
+def _check_data(data_dir: str | Path, fmap: FeatureMap, model: CTRModel) -> None:
+    """Schema and row counts of every split for the columns ``model`` reads."""
+    for split in ("train", "valid", "test"):
+        rows = check_split_schema(data_dir, fmap, split, model.required_pairs())
+        if rows == 0:
+            raise ValueError(f"{fmap.split_dir(data_dir, split)}: split {split!r} is empty")
+
+
+def make_loaders(data_dir: str | Path, fmap: FeatureMap, model: CTRModel, cfg: RunConfig) -> dict[str, ParquetBatches]:
+    """``train`` (shuffled per seed/epoch), ``valid`` and ``test`` (stored order) and
+    ``valid_shuffled`` (for the bi-level α updates) batch streams with the model's columns."""
+    pairs = model.required_pairs()
+    t = cfg.train
+    return {
+        "train": ParquetBatches(data_dir, fmap, "train", t.batch_size, pairs, shuffle=True, seed=t.seed),
+        "valid": ParquetBatches(data_dir, fmap, "valid", t.eval_batch_size, pairs),
+        "test": ParquetBatches(data_dir, fmap, "test", t.eval_batch_size, pairs),
+        "valid_shuffled": ParquetBatches(data_dir, fmap, "valid", t.batch_size, pairs, shuffle=True, seed=t.seed + 1),
+    }
+
+
+@contextmanager
+def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``out_dir`` (never half-written)."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.with_name(f".{out.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def work_dir_for(out_dir: str | Path) -> Path:
+    """Checkpoint folder of a stage writing ``out_dir`` (kept until the stage succeeds)."""
+    out = Path(out_dir)
+    return out.with_name(f"{out.name}.work")
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
+
+
+def _fingerprint(stage: str, name: str, cfg: RunConfig, fmap: FeatureMap, arch: Architecture | None) -> str:
+    return fingerprint([stage, name, cfg.to_dict(), fmap.content_hash, fmap.to_dict()["pairs"],
+                        arch.hash() if arch is not None else None])
+
+
+def _log_start(tr: Tracker, stage: str, name: str, cfg: RunConfig, data_dir: str | Path, fmap: FeatureMap) -> None:
+    tr.set_tags({"stage": stage, "model": name, "dataset": fmap.dataset})
+    tr.log_params({**cfg.flat(), "stage": stage, "model": name, "data_dir": str(data_dir),
+                   "feature_map_hash": fmap.content_hash})
+
+
+def _setup(cfg: RunConfig) -> torch.device:
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = resolve_device(cfg.train.device)
+    if cfg.train.amp and device.type != "cuda":
+        log.warning("train.amp is only used on CUDA; training in float32 on %s", device)
+    return device
+
+
+def _fit_metrics(name: str, stage: str, model: CTRModel, res: FitResult, valid: dict[str, float],
+                 test: dict[str, float], fmap: FeatureMap) -> dict[str, Any]:
+    return {
+        "model": name,
+        "stage": stage,
+        "dataset": fmap.dataset,
+        "valid_auc": valid["auc"],
+        "valid_logloss": valid["logloss"],
+        "test_auc": test["auc"],
+        "test_logloss": test["logloss"],
+        "params": model.num_params(),
+        "epochs": res.epochs,
+        "best_epoch": res.best_epoch,
+        "seconds": res.seconds,
+        "samples_per_s": res.samples_per_s,
+        **model.extra_metrics(),
+    }
+
+
+def _save_model(path: Path, name: str, model: CTRModel, cfg: RunConfig, fmap: FeatureMap,
+                arch: Architecture | None) -> None:
+    torch.save({"model": name, "state_dict": {k: v for k, v in model.state_dict().items()},
+                "config": cfg.to_dict(), "architecture": arch.to_dict() if arch is not None else None,
+                "feature_map_hash": fmap.content_hash}, path)
+
+
+def _finish(tr: Tracker, out: Path, metrics: dict[str, Any]) -> None:
+    tr.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    for f in sorted(out.iterdir()):
+        if f.suffix == ".json":
+            tr.log_artifact(f)
+
+
+# ---- search ------------------------------------------------------------------------------------------
+def _search_core(data_dir: str | Path, fmap: FeatureMap, cfg: RunConfig, model_name: str, work: Path,
+                 tracker: Tracker) -> tuple[Architecture, dict[str, Any]]:
+    seed_everything(cfg.train.seed)
+    model = build_search_model(model_name, fmap, cfg.model)
+    _check_data(data_dir, fmap, model)
+    device = _setup(cfg)
+    loaders = make_loaders(data_dir, fmap, model, cfg)
+    log.info("search %s: %d pairs, %d parameters, device %s", model_name, fmap.num_pairs, model.num_params(), device)
+    arch, res = search(model, loaders["train"], loaders["valid"], cfg, work, tracker,
+                       bilevel_data=loaders["valid_shuffled"], fingerprint=_fingerprint("search", model_name, cfg, fmap, None))
+    arch.model = model_name
+    arch.feature_map_hash = fmap.content_hash
+    valid = evaluate_without_retrain(model, loaders["valid"], device, "argmax", cfg.train.amp)
+    test = evaluate_without_retrain(model, loaders["test"], device, "argmax", cfg.train.amp)
+    expected_test = evaluate_without_retrain(model, loaders["test"], device, "expected", cfg.train.amp)
+    metrics = _fit_metrics(model_name, "search", model, res, valid, test, fmap)
+    metrics.update({
+        **arch.count_dict(),
+        "arch_hash": arch.hash(),
+        "search_valid_auc": res.best_valid_auc,
+        "search_valid_logloss": res.best_valid_logloss,
+        "noretrain_mode": "argmax",
+        "noretrain_expected_test_auc": expected_test["auc"],
+        "noretrain_expected_test_logloss": expected_test["logloss"],
+        "bilevel": cfg.train.bilevel,
+    })
+    return arch, metrics
+
+
+def run_search(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, tracker: Tracker | None = None,
+               model: str = "optinter") -> dict[str, Any]:
+    """Search stage (Algorithm 1): writes ``architecture.json`` and ``metrics.json`` into ``out_dir``.
+
+    The metrics' ``valid_*``/``test_*`` are those of the searched model used directly with the
+    argmax architecture (Table IX "without re-train"); ``search_valid_auc`` is the selection
+    metric (relaxed weights).
+    """
+    t0 = time.perf_counter()
+    fmap = _validate(cfg, data_dir)
+    tr = as_tracker(tracker)
+    _log_start(tr, "search", model, cfg, data_dir, fmap)
+    work = work_dir_for(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        arch, metrics = _search_core(data_dir, fmap, cfg, model, work, tr)
+        metrics["wall_seconds"] = time.perf_counter() - t0
+        arch.save(tmp / ARCH_FILE)
+        _write_json(tmp / METRICS_FILE, metrics)
+    shutil.rmtree(work, ignore_errors=True)
+    _finish(tr, Path(out_dir), metrics)
+    log.info("search done: %s", _summary(metrics))
+    return metrics
+
+
+# ---- re-train / train --------------------------------------------------------------------------------
+def _train_core(data_dir: str | Path, fmap: FeatureMap, cfg: RunConfig, name: str, arch: Architecture | None,
+                work: Path, tracker: Tracker, out: Path, stage: str) -> dict[str, Any]:
+    seed_everything(cfg.train.seed)
+    model = build_model(name, fmap, cfg.model, arch=arch)
+    if model.is_search_model:
+        raise ValueError(f"model {name!r} has architecture parameters; train it with run_search/run_train")
+    _check_data(data_dir, fmap, model)
+    device = _setup(cfg)
+    loaders = make_loaders(data_dir, fmap, model, cfg)
+    log.info("%s %s: %d parameters, device %s", stage, name, model.num_params(), device)
+    res = fit(model, loaders["train"], loaders["valid"], cfg, work, tracker,
+              fingerprint=_fingerprint(stage, name, cfg, fmap, arch))
+    valid = {"auc": res.best_valid_auc, "logloss": res.best_valid_logloss}
+    test = evaluate(model, loaders["test"], device, cfg.train.amp)  # the one look at the test split
+    metrics = _fit_metrics(name, stage, model, res, valid, test, fmap)
+    if arch is not None:
+        metrics.update({**arch.count_dict(), "arch_hash": arch.hash(), "arch_source": arch.source})
+    _save_model(out / MODEL_FILE, name, model, cfg, fmap, arch)
+    return metrics
+
+
+def run_retrain(data_dir: str | Path, arch_path: str | Path, out_dir: str | Path, cfg: RunConfig,
+                tracker: Tracker | None = None) -> dict[str, Any]:
+    """Re-train stage (Algorithm 2): a new model of ``arch.model`` from scratch with the argmax
+    architecture in ``arch_path``; writes ``metrics.json``, ``model.pt`` and a copy of the
+    architecture into ``out_dir``."""
+    t0 = time.perf_counter()
+    fmap = _validate(cfg, data_dir)
+    arch = Architecture.load(arch_path)
+    arch.validate(fmap, where=str(arch_path))
+    if arch.feature_map_hash and fmap.content_hash and arch.feature_map_hash != fmap.content_hash:
+        log.warning("%s was searched on another encoding (feature map hash %s, data has %s)",
+                    arch_path, arch.feature_map_hash[:12], fmap.content_hash[:12])
+    if not needs_architecture(arch.model):
+        raise ValueError(f"{arch_path}: model {arch.model!r} is not re-trained from an architecture")
+    tr = as_tracker(tracker)
+    _log_start(tr, "retrain", arch.model, cfg, data_dir, fmap)
+    work = work_dir_for(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        metrics = _train_core(data_dir, fmap, cfg, arch.model, arch, work, tr, tmp, "retrain")
+        metrics["wall_seconds"] = time.perf_counter() - t0
+        arch.save(tmp / ARCH_FILE)
+        _write_json(tmp / METRICS_FILE, metrics)
+    shutil.rmtree(work, ignore_errors=True)
+    _finish(tr, Path(out_dir), metrics)
+    log.info("retrain done: %s", _summary(metrics))
+    return metrics
+
+
+def run_train(data_dir: str | Path, model_name: str, out_dir: str | Path, cfg: RunConfig,
+              tracker: Tracker | None = None) -> dict[str, Any]:
+    """Train any registered model. Models with a search variant (``optinter``, ``autofis``) are
+    searched then re-trained; ``out_dir`` then also holds ``architecture.json`` and
+    ``search_metrics.json``, and the metrics gain ``search_seconds``."""
+    t0 = time.perf_counter()
+    fmap = _validate(cfg, data_dir)
+    searched = has_search_variant(model_name)
+    if not searched and needs_architecture(model_name):
+        raise ValueError(f"model {model_name!r} needs an architecture; use `retrain --arch`")
+    known = available_models()
+    if model_name not in known:
+        raise ValueError(f"unknown model {model_name!r}; known models: {', '.join(known)}")
+    tr = as_tracker(tracker)
+    _log_start(tr, "train", model_name, cfg, data_dir, fmap)
+    work = work_dir_for(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        arch = None
+        search_metrics: dict[str, Any] | None = None
+        if searched:
+            arch, search_metrics = _search_core(data_dir, fmap, cfg, model_name, work / "search", tr)
+            arch.save(tmp / ARCH_FILE)
+            _write_json(tmp / "search_metrics.json", search_metrics)
+        metrics = _train_core(data_dir, fmap, cfg, model_name, arch, work / "train", tr, tmp, "train")
+        if search_metrics is not None:
+            metrics["search_seconds"] = search_metrics["seconds"]
+            metrics["noretrain_test_auc"] = search_metrics["test_auc"]
+        metrics["wall_seconds"] = time.perf_counter() - t0
+        _write_json(tmp / METRICS_FILE, metrics)
+    shutil.rmtree(work, ignore_errors=True)
+    _finish(tr, Path(out_dir), metrics)
+    log.info("train done: %s", _summary(metrics))
+    return metrics
+
+
+def _summary(m: dict[str, Any]) -> str:
+    s = (f"{m['model']} valid AUC {m['valid_auc']:.4f} logloss {m['valid_logloss']:.4f} | "
+         f"test AUC {m['test_auc']:.4f} logloss {m['test_logloss']:.4f} | {m['params']:,} params, "
+         f"{m['epochs']} epochs, {m['samples_per_s']:.0f} samples/s")
+    if "n_memorize" in m:
+        s += f" | arch [m,f,n]=[{m['n_memorize']},{m['n_factorize']},{m['n_naive']}]"
+    return s
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """One-line result for the CLI."""
+    return _summary(metrics)
