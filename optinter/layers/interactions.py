@@ -10,8 +10,8 @@ Everything is vectorized over the P pairs (gather + batched products, no Python 
   square-of-sum trick, O(F·D) instead of O(F²·D): B.
 * :class:`FieldWeightedProduct` — FwFM's ⟨e_i, e_j⟩ w_(i,j): B × P.
 * :class:`BilinearProduct` — e_i W_(i,j) e_jᵀ with one D × D matrix per pair: FmFM's field-matrixed
-  product, and OPNN's outer-product kernel (Σ_{d,d'} (e_i e_jᵀ ⊙ K_(i,j))_{d,d'} = e_i K_(i,j) e_jᵀ):
-  B × P.
+  product, and OPNN's outer-product kernel (Σ_{d,d'} (e_i e_jᵀ ⊙ K_(i,j))_{d,d'} = e_i K_(i,j) e_jᵀ,
+  the PNN authors' "mat" kernel product): B × P.
 * :class:`PairSubNetwork` — PIN's per-pair micro network net_(i,j)([e_i, e_j, e_i ⊙ e_j]) with its
   own weights for each pair, as one batched ``einsum`` over P: B × P × H_last.
 
@@ -112,7 +112,8 @@ class FieldWeightedProduct(InnerProduct):
 class BilinearProduct(PairGather):
     """e_i W_(i,j) e_jᵀ with one D × D matrix per pair: B × F × D → B × P.
 
-    ``init="identity"`` (FmFM: starts as FM) or ``"xavier"`` (OPNN's outer-product kernel).
+    ``init="identity"`` (starts as the inner product: FmFM, and OPNN as the PNN authors' code
+    initializes its kernel) or ``"xavier"`` (uniform ±√(6 / 2D)).
     Computed as ``((e_i W) ⊙ e_j).sum(-1)`` with a batched matmul over pairs — never materializes
     the B × P × D × D outer products.
     """
@@ -140,8 +141,11 @@ class BilinearProduct(PairGather):
 class PairSubNetwork(PairGather):
     """PIN's product: a micro network per pair, ``net_(i,j)([e_i, e_j, e_i ⊙ e_j])``.
 
-    Each pair has its own weights (P × in × out per layer); every layer is
-    Linear → ReLU [→ LayerNorm with per-pair gain/bias], as the outer MLP's hidden layers.
+    Each pair has its own weights (P × in × out per layer, Xavier-uniform per pair). Every layer
+    is Linear → ReLU [→ LayerNorm], as the outer MLP's hidden layers (eq. 9–11). The LayerNorm
+    of a sub-network layer normalizes each row over all P × H units of that layer, with a gain
+    and shift per unit shared by the pairs (H each), as the PIN authors' code does; normalizing
+    each pair's H ≤ 5 outputs on their own would collapse them to ±1.
     Input 3·D, hidden sizes ``hidden`` (Table IV: [40, 5]); output B × P × hidden[-1].
     """
 
@@ -162,8 +166,8 @@ class PairSubNetwork(PairGather):
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(torch.zeros(self.num_pairs, h)))
             if layer_norm:
-                self.gains.append(nn.Parameter(torch.ones(self.num_pairs, h)))
-                self.shifts.append(nn.Parameter(torch.zeros(self.num_pairs, h)))
+                self.gains.append(nn.Parameter(torch.ones(h)))
+                self.shifts.append(nn.Parameter(torch.zeros(h)))
             d_in = h
         self.out_dim = d_in
 
@@ -172,8 +176,7 @@ class PairSubNetwork(PairGather):
         left, right = super().forward(e)
         h = torch.cat([left, right, left * right], dim=-1)  # B × P × 3D
         for k, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.einsum("bpi,pio->bpo", h, w) + b
-            h = torch.relu(h)
+            h = torch.relu(torch.einsum("bpi,pio->bpo", h, w) + b)
             if self.layer_norm:
-                h = F.layer_norm(h, h.shape[-1:]) * self.gains[k] + self.shifts[k]
+                h = F.layer_norm(h, h.shape[-2:]) * self.gains[k] + self.shifts[k]
         return h

@@ -7,10 +7,12 @@ Every model embeds the F original fields (B × F × D, ``model.embed_dim``) and 
 * ``ipnn``      — MLP([flatten(e), ⟨e_i, e_j⟩ for all i<j]) (product layer = linear signal z +
   inner-product signal p, both fed to the first hidden layer).
 * ``opnn``      — MLP([flatten(e), e_i K_(i,j) e_jᵀ for all i<j]): the outer product e_i e_jᵀ
-  weighted element-wise by a learned D × D kernel per pair and summed (kernel product).
+  weighted element-wise by a learned D × D kernel per pair and summed (kernel product; the
+  kernels start at the identity, as in the PNN authors' code).
 * ``deepfm``    — FieldBias + FM(e) + MLP(flatten(e)), embeddings shared.
-* ``pin``       — MLP([flatten(e), net_(i,j)([e_i, e_j, e_i ⊙ e_j]) for all i<j]), a per-pair
-  sub-network of sizes ``model.pin_subnet`` (Table IV: [40, 5]).
+* ``pin``       — MLP([net_(i,j)([e_i, e_j, e_i ⊙ e_j]) for all i<j]): a per-pair sub-network of
+  sizes ``model.pin_subnet`` (Table IV: [40, 5]) whose outputs alone feed the MLP (PIN authors'
+  code: the embeddings reach the MLP only through the sub-networks).
 * ``wide_deep`` — wide: FieldBias + a memorized weight per cross-product value of every
   ``feature_map.pairs`` pair (``"cross"`` group, reads ``batch.pairs``); deep: MLP(flatten(e)).
 
@@ -45,6 +47,7 @@ class DeepModel(CTRModel):
     """
 
     product_dim: int = 0
+    uses_embeddings_in_mlp: bool = True  # flatten(e) is part of the MLP input
 
     def __init__(self, feature_map: FeatureMap, cfg: ModelConfig) -> None:
         super().__init__(feature_map)
@@ -55,7 +58,7 @@ class DeepModel(CTRModel):
         self.field_pairs = all_field_pairs(self.num_fields)
         self.build_products(cfg)
         self.mlp = MLP(
-            self.num_fields * cfg.embed_dim + self.product_dim,
+            (self.num_fields * cfg.embed_dim if self.uses_embeddings_in_mlp else 0) + self.product_dim,
             cfg.mlp_dims,
             layer_norm=cfg.layer_norm,
             dropout=cfg.dropout,
@@ -70,11 +73,11 @@ class DeepModel(CTRModel):
 
     def deep(self, e: torch.Tensor) -> torch.Tensor:
         """e: B × F × D → B (the MLP's logit)."""
-        h = e.flatten(1)
+        parts = [e.flatten(1)] if self.uses_embeddings_in_mlp else []
         p = self.products(e)
         if p is not None:
-            h = torch.cat([h, p], dim=1)
-        return self.mlp(h)
+            parts.append(p)
+        return self.mlp(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.deep(self.embedding(batch.cat, batch.cont))
@@ -99,7 +102,7 @@ class OPNN(DeepModel):
     """Outer-product neural network with a D × D kernel per pair: MLP([flatten(e), e_i K e_jᵀ])."""
 
     def build_products(self, cfg: ModelConfig) -> None:
-        self.product = BilinearProduct(self.field_pairs, cfg.embed_dim, init="xavier")
+        self.product = BilinearProduct(self.field_pairs, cfg.embed_dim, init="identity")
         self.product_dim = self.product.num_pairs
 
     def products(self, e: torch.Tensor) -> torch.Tensor:
@@ -107,7 +110,9 @@ class OPNN(DeepModel):
 
 
 class PIN(DeepModel):
-    """Product-network-in-network: MLP([flatten(e), net_(i,j)([e_i, e_j, e_i ⊙ e_j])_{i<j}])."""
+    """Product-network-in-network: MLP([net_(i,j)([e_i, e_j, e_i ⊙ e_j])_{i<j}])."""
+
+    uses_embeddings_in_mlp = False
 
     def build_products(self, cfg: ModelConfig) -> None:
         self.product = PairSubNetwork(self.field_pairs, cfg.embed_dim, cfg.pin_subnet, layer_norm=cfg.layer_norm)

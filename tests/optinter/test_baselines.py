@@ -67,9 +67,10 @@ def expected_params(name: str) -> int:
     lin = sum(CAT_VOCAB) + N_CONT + 1
     emb = (sum(CAT_VOCAB) + N_CONT) * D
     cross = sum(PAIR_VOCAB.values())
-    sub_in, sub = 3 * D, 0
+    sub_in, sub, sub_ln = 3 * D, 0, 0
     for h in SUBNET:
-        sub += sub_in * h + h + 2 * h
+        sub += sub_in * h + h  # per pair
+        sub_ln += 2 * h  # LayerNorm gain and shift shared by the pairs
         sub_in = h
     return {
         "lr": lin,
@@ -81,7 +82,7 @@ def expected_params(name: str) -> int:
         "ipnn": emb + mlp_params(nf * D + npairs),
         "opnn": emb + npairs * D * D + mlp_params(nf * D + npairs),
         "deepfm": lin + emb + mlp_params(nf * D),
-        "pin": emb + npairs * sub + mlp_params(nf * D + npairs * SUBNET[-1]),
+        "pin": emb + npairs * sub + sub_ln + mlp_params(npairs * SUBNET[-1]),
         "wide_deep": lin + cross + emb + mlp_params(nf * D),
     }[name]
 
@@ -207,7 +208,7 @@ def test_deep_models_feed_embeddings_and_products_to_mlp(name: str) -> None:
     x = seen[0].numpy()
     _, e = _numpy_parts(model, batch)
     n = len(batch)
-    parts = [e.reshape(n, -1)]
+    parts = [e.reshape(n, -1)] if name != "pin" else []  # PIN's MLP sees only the sub-networks
     pairs = all_field_pairs(len(fmap.fields))
     if name == "ipnn":
         parts.append(np.stack([(e[:, i] * e[:, j]).sum(1) for i, j in pairs], 1))
@@ -216,15 +217,13 @@ def test_deep_models_feed_embeddings_and_products_to_mlp(name: str) -> None:
         parts.append(np.stack([np.einsum("bd,bf,df->b", e[:, i], e[:, j], K[k]) for k, (i, j) in enumerate(pairs)], 1))
     elif name == "pin":
         sub = model.product
-        outs = []
-        for k, (i, j) in enumerate(pairs):
-            h = np.concatenate([e[:, i], e[:, j], e[:, i] * e[:, j]], 1)
-            for li in range(len(SUBNET)):
-                h = np.maximum(h @ sub.weights[li][k].detach().numpy() + sub.biases[li][k].detach().numpy(), 0)
-                h = (h - h.mean(1, keepdims=True)) / np.sqrt(h.var(1, keepdims=True) + 1e-5)
-                h = h * sub.gains[li][k].detach().numpy() + sub.shifts[li][k].detach().numpy()
-            outs.append(h)
-        parts.append(np.stack(outs, 1).reshape(n, -1))
+        h = np.stack([np.concatenate([e[:, i], e[:, j], e[:, i] * e[:, j]], 1) for i, j in pairs], 1)
+        for li in range(len(SUBNET)):
+            w, b = sub.weights[li].detach().numpy(), sub.biases[li].detach().numpy()
+            h = np.maximum(np.stack([h[:, k] @ w[k] + b[k] for k in range(len(pairs))], 1), 0)  # B × P × H
+            mu, var = h.mean((1, 2), keepdims=True), h.var((1, 2), keepdims=True)  # per row over P × H
+            h = (h - mu) / np.sqrt(var + 1e-5) * sub.gains[li].detach().numpy() + sub.shifts[li].detach().numpy()
+        parts.append(h.reshape(n, -1))
     np.testing.assert_allclose(x, np.concatenate(parts, 1), rtol=1e-8, atol=1e-10)
     assert out.shape == (n,)
 

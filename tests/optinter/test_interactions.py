@@ -99,15 +99,17 @@ def test_pair_subnetwork_matches_per_pair_loop(emb: torch.Tensor, layer_norm: bo
     out = layer(emb).detach().numpy()
     assert out.shape == (B, len(pairs), 2)
     e = emb.numpy()
-    for k, (i, j) in enumerate(pairs):
-        h = np.concatenate([e[:, i], e[:, j], e[:, i] * e[:, j]], axis=1)
-        for li in range(2):
-            h = np.maximum(h @ layer.weights[li][k].detach().numpy() + layer.biases[li][k].detach().numpy(), 0.0)
-            if layer_norm:
-                mu, var = h.mean(1, keepdims=True), h.var(1, keepdims=True)
-                h = (h - mu) / np.sqrt(var + 1e-5)
-                h = h * layer.gains[li][k].detach().numpy() + layer.shifts[li][k].detach().numpy()
-        np.testing.assert_allclose(out[:, k], h, rtol=1e-8, atol=1e-10)
+    h = [np.concatenate([e[:, i], e[:, j], e[:, i] * e[:, j]], axis=1) for i, j in pairs]  # per pair B × 3D
+    for li in range(2):
+        w, b = layer.weights[li].detach().numpy(), layer.biases[li].detach().numpy()
+        h = [np.maximum(h[k] @ w[k] + b[k], 0.0) for k in range(len(pairs))]  # pair k's own weights
+        if layer_norm:  # each row normalized over all pairs' units of the layer
+            stacked = np.stack(h, axis=1)
+            mu, var = stacked.mean((1, 2), keepdims=True), stacked.var((1, 2), keepdims=True)
+            stacked = (stacked - mu) / np.sqrt(var + 1e-5)
+            stacked = stacked * layer.gains[li].detach().numpy() + layer.shifts[li].detach().numpy()
+            h = [stacked[:, k] for k in range(len(pairs))]
+    np.testing.assert_allclose(out, np.stack(h, axis=1), rtol=1e-8, atol=1e-10)
 
 
 def test_pair_subnetwork_rejects_empty_subnet() -> None:
