@@ -48,6 +48,7 @@ from .tracking import Tracker, as_tracker
 log = logging.getLogger(__name__)
 
 ALL_TABLES = ("V", "VI", "VII", "VIII", "IX", "fig4")
+CACHE_ENV = "OPTINTER_COMPARE_CACHE"
 OPTINTER = "optinter"
 METHODS = ("memorize", "factorize", "naive")
 
@@ -81,7 +82,7 @@ class CompareConfig:
     fig4_models: tuple[str, ...] = ("optinter", "optinter_m")
     ablation_seeds: int | None = None  # seeds for Tables VII–IX and Fig. 4 (None = seeds)
     alpha: float = 0.005  # significance level marked with * (paper: p < 0.005)
-    cache_dir: str | None = None  # None = <out_dir>/../<out_dir name>_cache
+    cache_dir: str | None = None  # None = $OPTINTER_COMPARE_CACHE, else <out_dir>/../compare_cache
     keep_models: bool = False  # keep model.pt / checkpoints in the cache
     max_enlarge: int = 2048  # upper bound of the Table VII embedding size
 
@@ -263,6 +264,8 @@ class JobCache:
         metrics = dict(train_fn(job, data_dir, job_dir, cfg, tracker))
         metrics.setdefault("model", job.model)
         metrics.setdefault("seconds", time.time() - t0)
+        if getattr(tracker, "run_id", None):
+            metrics["compare_run_id"] = tracker.run_id  # type: ignore[union-attr]
         if not self.keep_models:
             for p in list(job_dir.rglob("*.pt")):
                 p.unlink()
@@ -289,9 +292,9 @@ class _Runner:
     """Resolves configs, runs jobs through the cache and remembers every run for ``runs.csv``."""
 
     def __init__(self, data_dir: Path, fm: FeatureMap, cc: CompareConfig, cache: JobCache, train_fn: TrainFn,
-                 child_tracker: Callable[[str, Mapping[str, Any]], Tracker | None] | None) -> None:
+                 children: "_ChildRuns") -> None:
         self.data_dir, self.fm, self.cc, self.cache = data_dir, fm, cc, cache
-        self.train_fn, self.child_tracker = train_fn, child_tracker
+        self.train_fn, self.children = train_fn, children
         self.dataset = cc.dataset or fm.dataset
         self.rows: list[dict[str, Any]] = []
         self.n_trained = 0
@@ -310,11 +313,16 @@ class _Runner:
         if key in self._done:
             return self._done[key]
         tr = None
-        if self.cache.get(key) is None and self.child_tracker is not None:
-            tr = self.child_tracker(job.label, {"optinter.model": job.model, "optinter.compare_table": table,
-                                                "optinter.seed": cfg.train.seed})
+        if self.cache.get(key) is None:
+            tr = self.children.open(job.label, {"optinter.model": job.model, "optinter.compare_table": table,
+                                                "optinter.seed": cfg.train.seed, "optinter.compare_key": key})
         log.info("compare [%s]: %s (key %s)", table, job.label, key)
-        metrics, cached = self.cache.run(job, cfg, self.data_dir, self.train_fn, tr)
+        ok = False
+        try:
+            metrics, cached = self.cache.run(job, cfg, self.data_dir, self.train_fn, tr)
+            ok = True
+        finally:
+            self.children.close(tr, ok)
         if cached:
             self.n_cached += 1
         else:
@@ -327,7 +335,7 @@ class _Runner:
                           "seed": cfg.train.seed, "arch_seed": job.arch_seed, "extra": " ".join(job.extra),
                           "key": key, "cached": cached, "test_auc": metrics.get("test_auc"),
                           "test_logloss": metrics.get("test_logloss"), "params": metrics.get("params"),
-                          "seconds": metrics.get("seconds")})
+                          "seconds": metrics.get("seconds"), "run_id": metrics.get("compare_run_id")})
         return metrics
 
     def seeds(self, job: Job, n: int, table: str) -> list[dict[str, Any]]:
@@ -486,9 +494,46 @@ def plot_fig4(points: pd.DataFrame, out_png: Path, dataset: str) -> Path:
     return out_png
 
 
-def _child_tracker_of(tracker: Tracker | None) -> Callable[[str, Mapping[str, Any]], Tracker | None] | None:
-    child = getattr(tracker, "child", None)
-    return child if callable(child) else None
+class _ChildRuns:
+    """Makes one child tracker (nested MLflow run) per newly trained job, and closes it.
+
+    ``factory(name, tags) -> Tracker`` when given; else ``tracker.child`` when the parent tracker
+    has one; else, for an :class:`~optinter.tracking.MlflowTracker`, a run nested under it
+    (``optinter.tracking.start_run``); else none (jobs are then only summarized on the parent).
+    """
+
+    def __init__(self, tracker: Tracker | None,
+                 factory: Callable[[str, Mapping[str, Any]], Tracker | None] | None = None) -> None:
+        self._factory = factory
+        self._mlflow: tuple[Any, str, str | None] | None = None
+        if factory is None and callable(getattr(tracker, "child", None)):
+            self._factory = tracker.child  # type: ignore[union-attr]
+        elif factory is None and tracker is not None:
+            from . import tracking
+
+            if isinstance(tracker, tracking.MlflowTracker) and hasattr(tracking, "start_run"):
+                uri = getattr(tracker.client, "tracking_uri", None)
+                exp = tracker.client.get_run(tracker.run_id).info.experiment_id
+                self._mlflow = (tracking, exp, uri)
+                self._parent = tracker.run_id
+
+    def open(self, name: str, tags: Mapping[str, Any]) -> Tracker | None:
+        if self._factory is not None:
+            return self._factory(name, tags)
+        if self._mlflow is not None:
+            tracking, exp, uri = self._mlflow
+            run_id = tracking.start_run(exp, name, {**tags, "optinter.stage": "compare-job"},
+                                        parent_run_id=self._parent, tracking_uri=uri)
+            return tracking.MlflowTracker(run_id, tracking_uri=uri)
+        return None
+
+    def close(self, tracker: Tracker | None, ok: bool) -> None:
+        if tracker is None:
+            return
+        if self._mlflow is not None and getattr(tracker, "run_id", None):
+            self._mlflow[0].end_run(tracker.run_id, "FINISHED" if ok else "FAILED", self._mlflow[2])
+        elif callable(getattr(tracker, "end", None)):
+            tracker.end("FINISHED" if ok else "FAILED")  # type: ignore[attr-defined]
 
 
 # ---- the stage ------------------------------------------------------------------------------------------------
@@ -502,7 +547,9 @@ def run_compare(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     ``fig4.csv`` / ``fig4.png``, ``runs.csv`` (every job: key, cached?, metrics), ``tables.md``
     (all tables) and ``report.html``. ``train_fn`` defaults to :func:`stages_trainer`;
     ``child_tracker(name, tags)`` (default: ``tracker.child`` when it exists) gives the tracker of
-    each newly trained job. Returns paths and headline numbers.
+    each newly trained job (default: a nested MLflow run under an ``MlflowTracker``). The job cache is
+    ``cc.cache_dir``, else ``$OPTINTER_COMPARE_CACHE``, else ``compare_cache`` beside ``out_dir``.
+    Returns paths and headline numbers.
     """
     t0 = time.time()
     cc = cc or CompareConfig()
@@ -512,9 +559,9 @@ def run_compare(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     tr = as_tracker(tracker)
     train_fn = train_fn or stages_trainer
     param_count_fn = param_count_fn or count_params
-    cache_dir = Path(cc.cache_dir) if cc.cache_dir else out_dir.parent / f"{out_dir.name}_cache"
+    cache_dir = Path(cc.cache_dir or os.environ.get(CACHE_ENV) or out_dir.parent / "compare_cache")
     cache = JobCache(cache_dir, fm.content_hash or fingerprint([str(data_dir.resolve())]), cc.keep_models)
-    runner = _Runner(data_dir, fm, cc, cache, train_fn, child_tracker or _child_tracker_of(tracker))
+    runner = _Runner(data_dir, fm, cc, cache, train_fn, _ChildRuns(tracker, child_tracker))
     models = order_models(cc.models) if cc.models else default_models()
     if not models:
         raise ValueError("compare: no models to train (none registered and none given with --models)")

@@ -48,7 +48,7 @@ def test_compare_and_analyze_with_real_trainer(synth, tmp_path):
     ix = pd.read_csv(out / "table_IX.csv").set_index("model")
     assert ix.loc["without re-train", "n_seeds"] == 2
     # the cache holds each job's metrics and the searched architecture; no weights
-    cache = tmp_path / "cmp_cache"
+    cache = tmp_path / "compare_cache"
     arch_files = sorted(cache.glob("*/train/architecture.json"))
     assert len(arch_files) == 2 and not list(cache.rglob("*.pt"))
     # rerun: everything cached, same table

@@ -68,7 +68,7 @@ def test_table_v_and_vi(data, tmp_path):
     assert tracker.last("V.optinter.auc") == pytest.approx(opt["auc_mean"])
     assert {a for a, _ in tracker.artifacts} >= {str(out / "table_V.csv"), str(out / "table_VI.md")}
     # weights are not kept in the cache by default
-    assert not list((tmp_path / "cmp_cache").rglob("*.pt"))
+    assert not list((tmp_path / "compare_cache").rglob("*.pt"))
 
 
 def test_cache_trains_only_new_seeds(data, tmp_path):
