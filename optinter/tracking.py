@@ -149,3 +149,144 @@ class MlflowTracker:
 def as_tracker(tracker: Tracker | None) -> Tracker:
     """``tracker`` itself, or a :class:`NullTracker` for ``None``."""
     return tracker if tracker is not None else NullTracker()
+
+
+# ---- run management (used by flows/ and the CLI; the stage functions only see a Tracker) -------------
+
+DEFAULT_EXPERIMENT = "optinter"
+DEFAULT_ARTIFACT_DIR = "mlartifacts"
+
+#: Environment that keeps Prefect and MLflow from calling home (``DO_NOT_TRACK`` must be the word
+#: ``true``: MLflow ignores ``1``).
+OFFLINE_ENV: dict[str, str] = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+# Tags every optinter run carries (so the MLflow UI's compare view and searches line up).
+TAG_STAGE = "stage"
+TAG_MODEL = "model"
+TAG_DATASET = "dataset"
+TAG_DATA_HASH = "data_hash"
+TAG_ARCH_HASH = "arch_hash"
+TAG_CACHED = "cached"
+TAG_KEY = "optinter.stage_key"
+TAG_OUTPUT = "optinter.output_uri"
+TAG_SOURCE_RUN = "optinter.source_run_id"
+TAG_ERROR = "optinter.error"
+PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+
+
+def apply_offline_env(prefect_home: str | Path | None = None) -> dict[str, str]:
+    """Set :data:`OFFLINE_ENV` (and ``PREFECT_HOME`` if given) in ``os.environ`` unless already set.
+
+    Returns the variables it set. Call it before Prefect is imported: Prefect reads some settings
+    once at import time.
+    """
+    wanted = dict(OFFLINE_ENV)
+    if prefect_home is not None:
+        wanted["PREFECT_HOME"] = str(Path(prefect_home).resolve())
+    applied = {}
+    for k, v in wanted.items():
+        if k not in os.environ:
+            os.environ[k] = v
+            applied[k] = v
+    return applied
+
+
+def is_local_sqlite(uri: str) -> bool:
+    return uri.startswith("sqlite:///")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (``None`` for other backends)."""
+    if not is_local_sqlite(uri):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """An explicit artifact location for local SQLite backends: ``<db folder>/mlartifacts``.
+
+    Without it MLflow writes artifacts to ``./mlruns`` relative to whatever the working directory
+    happens to be. Servers (``http://``) choose their own location, so ``None`` there.
+    """
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        return None
+    return (db.parent / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The shell command that opens the MLflow UI on ``tracking_uri``."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri} in a browser"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def _client(tracking_uri: str | None):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def ensure_experiment(name: str = DEFAULT_EXPERIMENT, tracking_uri: str | None = None,
+                      artifact_location: str | None = None) -> str:
+    """Id of experiment ``name``, created (with an explicit artifact location) when missing."""
+    tracking_uri = tracking_uri or default_tracking_uri()
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    if artifact_location is None:
+        artifact_location = default_artifact_location(tracking_uri)
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # another process created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def start_run(experiment_id: str, run_name: str, tags: Mapping[str, Any] | None = None,
+              parent_run_id: str | None = None, tracking_uri: str | None = None) -> str:
+    """Create a run (nested under ``parent_run_id`` when given) and return its id.
+
+    Uses ``MlflowClient`` (no thread-local active run), so it is safe from Prefect's task threads.
+    """
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    run = _client(tracking_uri).create_run(experiment_id, run_name=run_name, tags=all_tags)
+    return run.info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED", tracking_uri: str | None = None) -> None:
+    """Mark a run ``FINISHED``, ``FAILED`` or ``KILLED``."""
+    _client(tracking_uri).set_terminated(run_id, status=status)
+
+
+def get_run(run_id: str, tracking_uri: str | None = None):
+    """The MLflow run ``run_id``; a clear ``ValueError`` when it does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client(tracking_uri).get_run(run_id)
+    except MlflowException as e:
+        raise ValueError(f"MLflow run {run_id!r} does not exist in tracking store "
+                         f"{tracking_uri or default_tracking_uri()} ({e.error_code})") from None
+
+
+def child_runs(parent_run_id: str, tracking_uri: str | None = None) -> list:
+    """Runs nested directly under ``parent_run_id`` (oldest first)."""
+    client = _client(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                              max_results=1000, order_by=["attributes.start_time ASC"])
+    return list(runs)

@@ -1,0 +1,329 @@
+"""The pipeline's parameters, checked before any heavy work (plain Python: no Prefect).
+
+:func:`resolve_spec` turns the flow's / CLI's parameters into a validated :class:`PipelineSpec`, or
+raises :class:`SpecError` (a ``ValueError``) naming the bad parameter: unknown dataset, missing raw
+files, bad thresholds, bad overrides, unknown model or stage names, a ``from_run`` reference that
+does not exist.
+
+Model-config overrides are ``key=value`` strings (see :func:`optinter.config.apply_overrides`),
+optionally scoped to one stage or one model with a prefix: ``retrain:train.lr_o=1e-4`` changes only
+the re-train stage, ``fm:model.embed_dim=8`` only baseline ``fm``; unscoped ones apply everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+#: Every stage the flow knows, in execution order.
+STAGES = ("synth", "preprocess", "search", "retrain", "baselines", "evaluate", "analyze", "compare")
+#: What ``optinter/full-pipeline`` (and ``optinter run``) computes.
+FULL_PIPELINE = ("retrain", "baselines", "evaluate", "analyze")
+#: Direct dependencies; ``synth`` is needed by ``preprocess`` only for a synthetic dataset without files.
+DEPENDS: dict[str, tuple[str, ...]] = {
+    "synth": (),
+    "preprocess": ("synth",),
+    "search": ("preprocess",),
+    "retrain": ("search",),
+    "baselines": ("preprocess",),
+    "evaluate": ("retrain", "baselines"),
+    "analyze": ("search",),
+    "compare": ("preprocess",),
+}
+#: Scopes an override may be prefixed with (besides model names).
+OVERRIDE_SCOPES = ("search", "retrain", "baselines", "compare")
+SEARCH_MODEL = "optinter"
+DEFAULT_BASELINES = ("lr", "fm", "deepfm")
+DEFAULT_ARTIFACT_ROOT = "artifacts"
+SPLIT_NAMES = ("train", "valid", "test")
+#: ``PreprocessConfig`` fields set by the flow's own parameters (not through ``preprocess``).
+PREPROCESS_OWN_KEYS = frozenset({"dataset", "out", "raw", "train", "valid", "test", "oov_threshold",
+                                 "cross_threshold", "seed"})
+
+#: Small settings for the synthetic quick start (a few minutes on 2 CPU cores); explicit
+#: ``synth`` / ``overrides`` parameters win over these.
+SYNTHETIC_QUICKSTART_SYNTH: dict[str, Any] = {"n_train": 60_000, "n_valid": 10_000, "n_test": 10_000}
+SYNTHETIC_QUICKSTART_OVERRIDES: tuple[str, ...] = (
+    "model.embed_dim=8", "model.cross_embed_dim=4", "model.mlp_dims=64,64",
+    "train.batch_size=512", "train.epochs=4", "train.lr_o=2e-3", "train.lr_c=2e-3", "train.lr_a=1e-3",
+)
+
+
+class SpecError(ValueError):
+    """A bad pipeline parameter; the message names the parameter."""
+
+
+@dataclass
+class PipelineSpec:
+    """Validated parameters of one pipeline run (JSON-safe through :meth:`to_dict`)."""
+
+    dataset: str
+    schema: dict[str, Any]
+    raw: list[str] = field(default_factory=list)
+    splits: dict[str, str] | None = None
+    synth: dict[str, Any] | None = None
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    oov_threshold: int | None = None
+    cross_threshold: int | None = None
+    overrides: list[str] = field(default_factory=list)
+    baselines: list[str] = field(default_factory=list)
+    seed: int = 2026
+    artifact_root: str = DEFAULT_ARTIFACT_ROOT
+    force: list[str] = field(default_factory=list)
+    from_run: str | None = None
+    targets: list[str] = field(default_factory=lambda: list(FULL_PIPELINE))
+    experiment: str = "optinter"
+    tracking_uri: str = ""
+    needed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def dataset_name(self) -> str:
+        return str(self.schema.get("name", self.dataset))
+
+    def wants(self, stage: str) -> bool:
+        return stage in self.needed
+
+    def forced(self, stage: str, model: str | None = None) -> bool:
+        return "all" in self.force or stage in self.force or (model is not None and model in self.force)
+
+    def run_config(self, scope: str, model: str):
+        """The ``RunConfig`` of ``model`` in stage ``scope``: Table IV defaults, seed, then overrides."""
+        from optinter.config import apply_overrides, default_config
+
+        cfg = default_config(self.dataset_name, model)
+        cfg.train.seed = self.seed
+        return apply_overrides(cfg, scoped_overrides(self.overrides, scope, model))
+
+
+def parse_override(item: str) -> tuple[str | None, str]:
+    """``"retrain:train.lr_o=1e-4"`` → ``("retrain", "train.lr_o=1e-4")``; unscoped → ``(None, item)``."""
+    key = item.split("=", 1)[0]
+    if ":" in key:
+        scope, rest = item.split(":", 1)
+        return scope.strip(), rest.strip()
+    return None, item.strip()
+
+
+def scoped_overrides(overrides: Iterable[str], scope: str, model: str) -> list[str]:
+    """The overrides that apply to ``model`` in stage ``scope`` (unscoped first, then scoped)."""
+    out_all, out_scoped = [], []
+    for item in overrides:
+        s, kv = parse_override(item)
+        if s is None:
+            out_all.append(kv)
+        elif s in (scope, model):
+            out_scoped.append(kv)
+    return out_all + out_scoped
+
+
+def expand_paths(patterns: Sequence[str], param: str) -> list[str]:
+    """Expand globs; every pattern must match at least one existing file."""
+    out: list[str] = []
+    for pat in patterns:
+        pat = os.path.expanduser(str(pat))
+        hits = sorted(glob.glob(pat)) if any(c in pat for c in "*?[") else ([pat] if Path(pat).exists() else [])
+        if not hits:
+            raise SpecError(f"parameter {param!r}: no file matches {pat!r}")
+        for h in hits:
+            if Path(h).is_dir():
+                raise SpecError(f"parameter {param!r}: {h!r} is a folder, not a file")
+            out.append(str(Path(h).resolve()))
+    return out
+
+
+def needed_stages(targets: Iterable[str], synthetic_without_files: bool, has_baselines: bool) -> list[str]:
+    """``targets`` plus everything they depend on, in execution order."""
+    need: set[str] = set()
+    stack = list(targets)
+    while stack:
+        s = stack.pop()
+        if s in need:
+            continue
+        if s == "synth" and not synthetic_without_files:
+            continue
+        if s == "baselines" and not has_baselines:
+            continue
+        need.add(s)
+        stack.extend(DEPENDS[s])
+    return [s for s in STAGES if s in need]
+
+
+def _check_threshold(name: str, v: Any) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        try:
+            if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+                v = int(v)
+            else:
+                raise ValueError
+        except ValueError:
+            raise SpecError(f"parameter {name!r}: expected an integer >= 1, got {v!r}") from None
+    if v < 1:
+        raise SpecError(f"parameter {name!r}: must be an integer >= 1, got {v}")
+    return int(v)
+
+
+def resolve_spec(
+    dataset: str = "synthetic",
+    raw: Sequence[str] | str | None = None,
+    train_path: str | None = None,
+    valid_path: str | None = None,
+    test_path: str | None = None,
+    synth: Mapping[str, Any] | None = None,
+    preprocess: Mapping[str, Any] | None = None,
+    oov_threshold: int | None = None,
+    cross_threshold: int | None = None,
+    overrides: Sequence[str] | None = None,
+    baselines: Sequence[str] | None = None,
+    seed: int = 2026,
+    artifact_root: str | None = None,
+    force: Sequence[str] | None = None,
+    from_run: str | None = None,
+    stages: Sequence[str] | None = None,
+    experiment: str = "optinter",
+    tracking_uri: str | None = None,
+    quickstart: bool = True,
+) -> PipelineSpec:
+    """Check every parameter and return the :class:`PipelineSpec`; raises :class:`SpecError`.
+
+    ``quickstart`` applies :data:`SYNTHETIC_QUICKSTART_SYNTH` / :data:`SYNTHETIC_QUICKSTART_OVERRIDES`
+    to the ``synthetic`` dataset (explicit settings come after them, so they win).
+    """
+    from optinter.tracking import default_tracking_uri
+    from preprocess.errors import PreprocessError
+    from preprocess.schema import get_schema
+
+    # dataset / schema
+    if not dataset or not isinstance(dataset, str):
+        raise SpecError(f"parameter 'dataset': expected a dataset name or a schema .yaml path, got {dataset!r}")
+    try:
+        schema = get_schema(dataset)
+    except PreprocessError as e:
+        raise SpecError(f"parameter 'dataset': {e}") from None
+    schema_dict = schema.to_dict()
+    synthetic = schema.name == "synthetic"
+
+    # stages
+    targets = list(stages) if stages else list(FULL_PIPELINE)
+    for s in targets:
+        if s not in STAGES:
+            raise SpecError(f"parameter 'stages': unknown stage {s!r}; stages: {', '.join(STAGES)}")
+
+    # models
+    from optinter.registry import available_models
+
+    known = available_models()
+    if baselines is None:
+        baselines = [m for m in DEFAULT_BASELINES if m in known]
+    baselines = [baselines] if isinstance(baselines, str) else list(baselines)
+    for m in baselines:
+        if m not in known:
+            raise SpecError(f"parameter 'baselines': unknown model {m!r}; known models: {', '.join(known)}")
+    if len(set(baselines)) != len(baselines):
+        raise SpecError(f"parameter 'baselines': {baselines} lists a model twice")
+
+    # force
+    force = [force] if isinstance(force, str) else list(force or [])
+    for f in force:
+        if f not in STAGES and f not in known and f != "all":
+            raise SpecError(f"parameter 'force': unknown stage {f!r}; stages: {', '.join(STAGES)}, "
+                            f"a model name, or 'all'")
+
+    # thresholds
+    oov = _check_threshold("oov_threshold", oov_threshold)
+    cross = _check_threshold("cross_threshold", cross_threshold)
+
+    # data files
+    raw_list = [raw] if isinstance(raw, str) else list(raw or [])
+    split_given = {n: p for n, p in zip(SPLIT_NAMES, (train_path, valid_path, test_path)) if p}
+    if raw_list and split_given:
+        raise SpecError("parameters 'raw' and 'train_path'/'valid_path'/'test_path' exclude each other: "
+                        "give raw files (split by the pipeline) or the three pre-split files")
+    splits = None
+    if split_given:
+        missing = [n for n in SPLIT_NAMES if n not in split_given]
+        if missing:
+            raise SpecError(f"pre-split data needs all of train_path, valid_path, test_path; "
+                            f"missing: {', '.join(p + '_path' for p in missing)}")
+        splits = {n: expand_paths([p], f"{n}_path")[0] for n, p in split_given.items()}
+    raw_files = expand_paths(raw_list, "raw") if raw_list else []
+
+    # synthetic generator settings
+    synth_cfg: dict[str, Any] | None = None
+    if synthetic and not raw_files and not splits:
+        from preprocess.synthetic import SynthConfig
+
+        synth_cfg = dict(SYNTHETIC_QUICKSTART_SYNTH) if quickstart else {}
+        synth_cfg["seed"] = seed
+        synth_cfg.update(dict(synth or {}))
+        fields = {f.name for f in dataclasses.fields(SynthConfig)}
+        unknown = sorted(set(synth_cfg) - fields)
+        if unknown:
+            raise SpecError(f"parameter 'synth': unknown keys {unknown}; known: {sorted(fields)}")
+        try:
+            sc = SynthConfig(**synth_cfg)
+            for k in ("cardinalities", "memorize_pairs", "factorize_pairs"):  # JSON lists → tuples
+                v = getattr(sc, k)
+                setattr(sc, k, tuple(tuple(x) if isinstance(x, list) else x for x in v))
+            sc.validate()
+        except (TypeError, ValueError) as e:
+            raise SpecError(f"parameter 'synth': {e}") from None
+    elif synth:
+        raise SpecError("parameter 'synth' only applies to dataset 'synthetic' without raw or split files")
+
+    # preprocessing options: PreprocessConfig fields the flow does not set itself
+    preprocess = dict(preprocess or {})
+    if preprocess:
+        from preprocess.pipeline import PreprocessConfig
+
+        allowed = sorted({f.name for f in dataclasses.fields(PreprocessConfig)} - PREPROCESS_OWN_KEYS)
+        unknown = sorted(set(preprocess) - set(allowed))
+        if unknown:
+            raise SpecError(f"parameter 'preprocess': unknown keys {unknown}; allowed: {allowed}")
+
+    # overrides
+    all_overrides = list(SYNTHETIC_QUICKSTART_OVERRIDES) if (synthetic and quickstart) else []
+    user_overrides = [overrides] if isinstance(overrides, str) else list(overrides or [])
+    for item in user_overrides:
+        scope, kv = parse_override(item)
+        if scope is not None and scope not in OVERRIDE_SCOPES and scope not in known:
+            raise SpecError(f"parameter 'overrides': {item!r}: unknown scope {scope!r}; use one of "
+                            f"{', '.join(OVERRIDE_SCOPES)} or a model name")
+        if "=" not in kv:
+            raise SpecError(f"parameter 'overrides': {item!r}: expected key=value")
+    all_overrides += user_overrides
+
+    spec = PipelineSpec(
+        dataset=dataset, schema=schema_dict, raw=raw_files, splits=splits, synth=synth_cfg,
+        preprocess=preprocess, oov_threshold=oov, cross_threshold=cross, overrides=all_overrides,
+        baselines=baselines, seed=int(seed), artifact_root=str(artifact_root or os.environ.get(
+            "OPTINTER_ARTIFACT_ROOT", DEFAULT_ARTIFACT_ROOT)),
+        force=force, from_run=from_run, targets=targets, experiment=experiment,
+        tracking_uri=tracking_uri or default_tracking_uri(),
+    )
+    spec.needed = needed_stages(targets, synth_cfg is not None, bool(baselines))
+    if synthetic is False and not raw_files and not splits and not from_run and "preprocess" in spec.needed:
+        raise SpecError(f"dataset {schema.name!r} needs data: give 'raw' files or "
+                        f"'train_path'/'valid_path'/'test_path' (or 'from_run' with earlier results)")
+
+    # every model config this run will build must be valid (unknown keys, bad values)
+    models = {("search", SEARCH_MODEL), ("retrain", SEARCH_MODEL)} | {("baselines", m) for m in baselines}
+    for scope, model in sorted(models):
+        try:
+            spec.run_config(scope, model)
+        except ValueError as e:
+            raise SpecError(f"parameter 'overrides' ({scope}/{model}): {e}") from None
+    if ("search" in spec.needed or "retrain" in spec.needed) and SEARCH_MODEL not in known:
+        raise SpecError(f"model {SEARCH_MODEL!r} is not registered (known: {', '.join(known)})")
+    return spec
