@@ -21,6 +21,8 @@ import pandas as pd
 
 from preprocess.feature_map import FIRST_ID, OOV_ID, pair_column
 
+assert OOV_ID == FIRST_ID - 1
+
 DENSE_LIMIT = 1 << 21
 
 
@@ -121,7 +123,9 @@ class CrossVocab:
         if idx is None:
             idx = self._index[name] = pd.Index(self.keys_[name])
         pos = idx.get_indexer(pair_keys(a_ids, b_ids, self.vocab_b_[name]))
-        return np.where(pos >= 0, pos + FIRST_ID, OOV_ID).astype(np.int32)
+        # get_indexer gives -1 for unknown keys: -1 + FIRST_ID == OOV_ID
+        pos += FIRST_ID
+        return pos.astype(np.int32)
 
     # -- persistence: arrays in an .npz, the rest in JSON ------------------------------------------
     def save(self, path: str | Path) -> None:

@@ -1,13 +1,13 @@
 """The Dask jobs of the preprocessing stage, each a plain function of a ``distributed.Client``.
 
 Every job maps a small, top-level task function over partitions (line-aligned blocks of the raw
-files, then the parquet parts they produced); rows never travel through the scheduler: each task
+files, then the scratch parts they produced); rows never travel through the scheduler: each task
 reads its partition from disk, works on it with numpy / pyarrow and writes its result back to the
 scratch folder, returning only small statistics.  Counting is per partition (value → count tables,
 cross key → count tables written as ``.npy``) and reduced per field / per pair, so memory depends
 on the partition size and the vocabulary sizes, not on the number of rows.
 
-1. :func:`ingest`      raw text → typed parquet per split (bad-row checks, the seeded split,
+1. :func:`ingest`      raw text → typed Arrow IPC (scratch) per split (bad-row checks, the seeded split,
                         bucketized / derived fields, train value counts and min/max statistics)
 2. split               done inside ingest by :func:`preprocess.split.assign_split`
 3. :func:`fit_oov`     per-field reduce of the count tables → :class:`OOVThresholder`
@@ -79,7 +79,7 @@ def _derive(fn: str, col: pa.Array) -> pa.Array:
 
 
 def ingest_block(block: Block, spec: dict[str, Any]) -> dict[str, Any]:
-    """Task: parse one block, split its rows, write typed parquet per split and train statistics."""
+    """Task: parse one block, split its rows, write typed Arrow IPC per split and train statistics."""
     data = read_range(block.path, block.start, block.end)
     parsed = parse_block(data, spec["columns"], spec["sep"], spec["label"], spec["keep"], spec["continuous"])
     bad = parsed["bad"]
@@ -114,7 +114,7 @@ def ingest_block(block: Block, spec: dict[str, Any]) -> dict[str, Any]:
         if not k:
             continue
         sub = typed.filter(pa.array(mask)) if k < n else typed
-        pq.write_table(sub, work / "typed" / sname / f"b{block.index:05d}.parquet", compression="none")
+        feather.write_feather(sub, work / "typed" / sname / f"b{block.index:05d}.arrow", compression="uncompressed")
         res["rows"][s] = k
         res["positives"][s] = int(label_np[mask].sum())
         if s == 0:
@@ -126,7 +126,7 @@ def ingest_block(block: Block, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def ingest(client: Any, blocks: list[Block], spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """Job 1 (+2): every block → ``typed/{split}/bNNNNN.parquet``; returns per-block statistics."""
+    """Job 1 (+2): every block → ``typed/{split}/bNNNNN.arrow``; returns per-block statistics."""
     work = Path(spec["work"])
     for s in SPLIT_NAMES:
         (work / "typed" / s).mkdir(parents=True, exist_ok=True)
@@ -185,7 +185,7 @@ def encode_fields_part(item: tuple[str, int], spec: dict[str, Any]) -> dict[str,
     """Task: typed part → field ids / scaled values (``enc/``); on train also cross count tables."""
     sname, idx = item
     work = Path(spec["work"])
-    t = pq.read_table(work / "typed" / sname / f"b{idx:05d}.parquet")
+    t = feather.read_table(work / "typed" / sname / f"b{idx:05d}.arrow", memory_map=True)
     oov = _load_oov(str(work / "oov.json"))
     mm = _load_minmax(str(work / "minmax.json"))
     cols: dict[str, Any] = {spec["label"]: pa.array(t[spec["label"]].to_numpy().astype(np.float32))}
@@ -196,7 +196,7 @@ def encode_fields_part(item: tuple[str, int], spec: dict[str, Any]) -> dict[str,
             cols[name] = pa.array(ids[name])
         else:
             cols[name] = pa.array(mm.transform_column(name, t[name].to_numpy()))
-    pq.write_table(pa.table(cols), work / "enc" / sname / f"b{idx:05d}.parquet", compression="none")
+    feather.write_feather(pa.table(cols), work / "enc" / sname / f"b{idx:05d}.arrow", compression="uncompressed")
     if sname == "train" and spec["pairs"]:
         keys, counts, offs = [], [], [0]
         for a, b in spec["pairs"]:
@@ -258,7 +258,7 @@ def encode_pairs_part(item: tuple[str, int, int], spec: dict[str, Any]) -> dict[
     """Task: enc part + pair ids → ``<tmp_out>/{split}/part-NNNNN.parquet``."""
     sname, idx, k = item
     work = Path(spec["work"])
-    t = pq.read_table(work / "enc" / sname / f"b{idx:05d}.parquet")
+    t = feather.read_table(work / "enc" / sname / f"b{idx:05d}.arrow", memory_map=True)
     if spec["pairs"]:
         cv = _load_cross(str(work / "cross"))
         ids = {f: t[f].to_numpy() for f in spec["cross_fields"]}

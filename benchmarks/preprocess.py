@@ -1,0 +1,208 @@
+"""Benchmark of the preprocessing stage: Dask (``run_preprocess``) vs a single-process pandas version.
+
+    python benchmarks/preprocess.py --rows 1000000 4000000
+
+For each N it writes N Criteo-shaped rows (label, 13 integer columns with blanks, 26 hashed
+categoricals drawn log-uniformly — Zipf with exponent 1 — over realistic Criteo cardinalities) as
+pre-split 8:1:1 TSV files, then runs, each in a fresh child process:
+
+* ``dask``:   ``run_preprocess`` (LocalCluster, ``--workers`` x 1 thread, all 325 crosses of C1..C26);
+* ``pandas``: the same steps in one pandas process (read, bucketize, OOV vocab, 325 cross vocabs,
+  encode, write parquet).
+
+It prints seconds, rows/s and the peak RSS of the child's whole process tree (scheduler, nanny and
+worker processes included; sampled every 50 ms with psutil), and the pandas/dask time ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+# this file is named like the ``preprocess`` package: keep its folder off the import path
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+CARDS = [1460, 583, 10_131_227, 2_202_608, 305, 24, 12_517, 633, 3, 93_145, 5_683, 8_351_593, 3_194, 27,
+         14_992, 5_461_306, 10, 5_652, 2_173, 4, 7_046_547, 18, 15, 286_181, 105, 142_572]
+MISSING = [0.0, 0.0, 0.03, 0.03, 0.0, 0.12, 0.0, 0.0, 0.0, 0.0, 0.0, 0.03, 0.0, 0.0, 0.0, 0.03, 0.0, 0.0,
+           0.44, 0.44, 0.03, 0.76, 0.0, 0.03, 0.44, 0.44]
+INT_MAX = [300, 20000, 60000, 400, 2_000_000, 200_000, 5000, 5000, 10000, 10, 200, 1000, 5000]
+INT_MISSING = [0.45, 0.0, 0.21, 0.22, 0.03, 0.22, 0.04, 0.0, 0.04, 0.45, 0.04, 0.77, 0.22]
+
+
+def write_criteo_like(path: Path, n: int, seed: int, chunk: int = 250_000) -> None:
+    """``n`` rows of Criteo's layout (no header, tab-separated), written in chunks (memory stays flat)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    rng = np.random.default_rng(seed)
+    names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    with open(path, "wb") as fh:
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            cols = [pa.array((rng.random(m) < 0.25).astype(np.int8))]
+            for j in range(13):
+                v = np.floor(np.exp(rng.random(m) * math.log(INT_MAX[j] + 2))).astype(np.int64) - 2
+                cols.append(pa.array(v, mask=rng.random(m) < INT_MISSING[j]))
+            for j, (k, miss) in enumerate(zip(CARDS, MISSING)):
+                rank = np.floor(np.exp(rng.random(m) * math.log(k))).astype(np.uint64)
+                h = (rank * np.uint64(2654435761) + np.uint64(j * 97 + 13)) & np.uint64(0xFFFFFFFF)
+                cols.append(pa.array(h, mask=rng.random(m) < miss))
+            t = pa.table(cols, names=names)
+            pcsv.write_csv(t, fh, write_options=pcsv.WriteOptions(include_header=False, delimiter="\t",
+                                                                   quoting_style="none"))
+
+
+# ---- the single-process pandas implementation of the same steps ------------------------------------
+def pandas_impl(files: dict[str, str], out: str, oov_t: int = 20, cross_t: int = 20) -> dict:
+    import pandas as pd
+
+    names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    dfs = {s: pd.read_csv(p, sep="\t", header=None, names=names, dtype=str, keep_default_na=False)
+           for s, p in files.items()}
+    for df in dfs.values():
+        for i in range(1, 14):
+            x = pd.to_numeric(df[f"I{i}"].replace("", np.nan)).to_numpy(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                b = np.where(x > 2, np.floor(np.log(np.where(x > 2, x, 1.0)) ** 2), np.trunc(np.nan_to_num(x)))
+            tok = pd.Series(b.astype(np.int64)).astype(str)
+            tok[np.isnan(x)] = ""
+            df[f"I{i}"] = tok.to_numpy()
+    fields = names[1:]
+    enc = {s: {"label": df["label"].astype(np.float32).to_numpy()} for s, df in dfs.items()}
+    sizes = {}
+    for f in fields:
+        vc = dfs["train"][f].value_counts()
+        vc = vc[vc >= oov_t]
+        kept = sorted(zip(vc.index, vc.to_numpy()), key=lambda t: (-t[1], t[0]))
+        idx = pd.Index([v for v, _ in kept])
+        sizes[f] = len(kept) + 2
+        for s, df in dfs.items():
+            pos = idx.get_indexer(df[f])
+            enc[s][f] = np.where(pos >= 0, pos + 2, 1).astype(np.int32)
+    dfs.clear()
+    cross = [f"C{i}" for i in range(1, 27)]
+    for i, a in enumerate(cross):
+        for b in cross[i + 1:]:
+            key = enc["train"][a].astype(np.int64) * sizes[b] + enc["train"][b]
+            vc = pd.Series(key).value_counts()
+            vc = vc[vc >= cross_t]
+            order = np.lexsort((vc.index.to_numpy(), -vc.to_numpy()))
+            idx = pd.Index(vc.index.to_numpy()[order])
+            for s in enc:
+                k = enc[s][a].astype(np.int64) * sizes[b] + enc[s][b]
+                pos = idx.get_indexer(k)
+                enc[s][f"{a}|{b}"] = np.where(pos >= 0, pos + 2, 1).astype(np.int32)
+    os.makedirs(out, exist_ok=True)
+    for s, cols in enc.items():
+        pd.DataFrame(cols).to_parquet(os.path.join(out, f"{s}.parquet"), index=False)
+    return {"rows": {s: len(c["label"]) for s, c in enc.items()}}
+
+
+def dask_impl(files: dict[str, str], out: str, workers: int, blocksize: int) -> dict:
+    from preprocess.pipeline import PreprocessConfig, run_preprocess
+
+    cfg = PreprocessConfig(dataset="criteo", out=out, train=[files["train"]], valid=[files["valid"]],
+                           test=[files["test"]], n_workers=workers, blocksize=blocksize)
+    s = run_preprocess(cfg)
+    return {"rows": s["rows"], "seconds": s["seconds"]}
+
+
+# ---- measuring --------------------------------------------------------------------------------------
+def run_child(args: list[str]) -> tuple[dict, float, float]:
+    """Run this script as a child; return (its JSON result, wall seconds, peak RSS of its process tree in MiB)."""
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        try:
+            root = psutil.Process(proc.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not stop.is_set():
+            total = 0
+            try:
+                for p in [root, *root.children(recursive=True)]:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.NoSuchProcess:
+                        pass
+            except psutil.NoSuchProcess:
+                break
+            peak = max(peak, total)
+            time.sleep(0.05)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    stdout, _ = proc.communicate()
+    stop.set()
+    th.join()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"child {args} failed with exit code {proc.returncode}")
+    return json.loads(stdout.strip().splitlines()[-1]), wall, peak / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--blocksize", type=int, default=32 << 20)
+    ap.add_argument("--skip-pandas", action="store_true")
+    ap.add_argument("--dir", default=None, help="scratch folder (default: a temp folder)")
+    ap.add_argument("--child", choices=("dask", "pandas"), help=argparse.SUPPRESS)
+    ap.add_argument("--files", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        files = json.loads(a.files)
+        res = dask_impl(files, a.out, a.workers, a.blocksize) if a.child == "dask" else pandas_impl(files, a.out)
+        print(json.dumps(res))
+        return
+    base = Path(a.dir or tempfile.mkdtemp(prefix="bench_pp_"))
+    base.mkdir(parents=True, exist_ok=True)
+    print(f"{'rows':>9} {'impl':>7} {'seconds':>8} {'rows/s':>9} {'peak RSS MiB':>13}  notes")
+    for n in a.rows:
+        d = base / f"n{n}"
+        d.mkdir(exist_ok=True)
+        files = {}
+        for s, frac, seed in (("train", 0.8, 1), ("valid", 0.1, 2), ("test", 0.1, 3)):
+            p = d / f"{s}.tsv"
+            if not p.exists():
+                write_criteo_like(p, int(n * frac), seed + n)
+            files[s] = str(p)
+        mb = sum(os.path.getsize(p) for p in files.values()) / 2**20
+        res = {}
+        for impl in ("dask", "pandas"):
+            if impl == "pandas" and a.skip_pandas:
+                continue
+            out = d / f"out_{impl}"
+            r, wall, peak = run_child(["--child", impl, "--files", json.dumps(files), "--out", str(out),
+                                       "--workers", str(a.workers), "--blocksize", str(a.blocksize)])
+            res[impl] = wall
+            note = f"{mb:.0f} MiB input"
+            if impl == "dask":
+                note += " jobs " + json.dumps(r["seconds"])
+            print(f"{n:>9} {impl:>7} {wall:>8.1f} {n / wall:>9.0f} {peak:>13.0f}  {note}", flush=True)
+        if "pandas" in res:
+            print(f"{n:>9} ratio pandas/dask time = {res['pandas'] / res['dask']:.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
