@@ -1,0 +1,238 @@
+"""The ``optinter`` flow end to end on tiny synthetic data, in Prefect's test harness.
+
+One module fixture runs the pipeline twice (the second run must reuse every stage); the other
+tests rerun it with a changed re-train setting, from an earlier search run, and after a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from tiny import TINY_OVERRIDES, tiny_params
+
+pytestmark = pytest.mark.slow
+
+MODEL_STAGES = ("search", "retrain:optinter", "train:lr", "train:fm")
+ALL_STAGES = ("synth", "preprocess") + MODEL_STAGES + ("evaluate", "analyze")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, prefect_harness):
+    root = tmp_path_factory.mktemp("flow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("OPTINTER_WORK_DIR", str(root / "work"))
+        yield {"root": root, "artifacts": root / "artifacts", "uri": uri}
+
+
+@pytest.fixture(scope="module")
+def two_runs(env):
+    from flows.pipeline import optinter_flow
+
+    first = optinter_flow(**tiny_params(env["artifacts"]))
+    mtimes = {n: (Path(s["local_dir"]) / "_stage.json").stat().st_mtime_ns for n, s in first["stages"].items()}
+    second = optinter_flow(**tiny_params(env["artifacts"]))
+    return first, second, mtimes
+
+
+def _client(env):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=env["uri"])
+
+
+def _children(env, parent_run_id):
+    from optinter.tracking import child_runs
+
+    return {r.info.run_name: r for r in child_runs(parent_run_id, env["uri"])}
+
+
+def test_first_run_computes_every_stage(two_runs, env):
+    first, _, _ = two_runs
+    assert set(first["stages"]) == set(ALL_STAGES)
+    assert not any(s["cached"] for s in first["stages"].values())
+    for name, s in first["stages"].items():
+        d = Path(s["local_dir"])
+        assert d.parent.parent == env["artifacts"] and d.parent.name == s["stage"] and d.name == s["key"]
+        assert (d / "_stage.json").exists()
+    arts = {n: Path(s["local_dir"]) for n, s in first["stages"].items()}
+    assert (arts["preprocess"] / "feature_map.json").exists()
+    assert (arts["search"] / "architecture.json").exists()
+    assert (arts["analyze"] / "report.html").exists()
+    # the results table is the metrics.json of every trained model, best test AUC first
+    rows = {r["model"]: r for r in first["results"]}
+    assert set(rows) == {"optinter", "lr", "fm"}
+    for name, model in (("retrain:optinter", "optinter"), ("train:lr", "lr"), ("train:fm", "fm")):
+        m = json.loads((arts[name] / "metrics.json").read_text())
+        for k in ("valid_auc", "test_auc", "test_logloss", "params"):
+            assert rows[model][k] == m[k]
+    aucs = [r["test_auc"] for r in first["results"]]
+    assert aucs == sorted(aucs, reverse=True)
+    arch = json.loads((arts["search"] / "architecture.json").read_text())
+    m = rows["optinter"]
+    assert m["n_memorize"] + m["n_factorize"] + m["n_naive"] == 15  # 6 fields → 15 pairs
+    assert arch  # non-empty architecture
+
+
+def test_second_run_reuses_every_stage(two_runs, env):
+    first, second, mtimes = two_runs
+    assert set(second["stages"]) == set(first["stages"])
+    for name, s in second["stages"].items():
+        f = first["stages"][name]
+        assert s["cached"], name
+        assert s["key"] == f["key"] and s["local_dir"] == f["local_dir"]
+        # nothing was rewritten, and the reused run points to the run that computed it
+        assert (Path(s["local_dir"]) / "_stage.json").stat().st_mtime_ns == mtimes[name]
+        assert s["source_run_id"] == f["run_id"]
+        assert s["run_id"] != f["run_id"]
+    assert second["results"] == first["results"]
+    kids = _children(env, second["parent_run_id"])
+    assert set(kids) == set(ALL_STAGES)
+    for name, r in kids.items():
+        assert r.data.tags["cached"] == "true"
+        assert r.data.tags["optinter.source_run_id"] == first["stages"][name]["run_id"]
+
+
+def test_mlflow_runs_params_metrics_artifacts(two_runs, env):
+    first, second, _ = two_runs
+    client = _client(env)
+    parent = client.get_run(first["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["stage"] == "pipeline" and parent.data.tags["dataset"] == "synthetic"
+    assert parent.data.params["baselines"] == "lr,fm"
+    rows = {r["model"]: r for r in first["results"]}
+    assert parent.data.metrics["test_auc"] == pytest.approx(rows["optinter"]["test_auc"])
+    assert parent.data.metrics["fm.test_auc"] == pytest.approx(rows["fm"]["test_auc"])
+    kids = _children(env, first["parent_run_id"])
+    assert set(kids) == set(ALL_STAGES)
+    data_key = first["stages"]["preprocess"]["key"]
+    for name, r in kids.items():
+        t = r.data.tags
+        assert r.info.status == "FINISHED"
+        assert t["mlflow.parentRunId"] == first["parent_run_id"]
+        assert t["cached"] == "false" and t["dataset"] == "synthetic"
+        assert t["optinter.stage_key"] == first["stages"][name]["key"]
+        assert "stage_seconds" in r.data.metrics
+        if name not in ("synth", "preprocess"):
+            assert t["data_hash"] == data_key, name
+    # the same param keys on every model run (MLflow's compare view)
+    keys = [set(kids[n].data.params) for n in MODEL_STAGES]
+    assert all("model.embed_dim" in k and "train.lr_o" in k for k in keys)
+    assert kids["retrain:optinter"].data.params["model.embed_dim"] == "4"
+    assert kids["search"].data.tags["arch_hash"] == kids["retrain:optinter"].data.tags["arch_hash"]
+    # final metrics equal metrics.json; per-epoch validation AUC with steps 1..epochs
+    retrain = kids["retrain:optinter"]
+    m = json.loads((Path(first["stages"]["retrain:optinter"]["local_dir"]) / "metrics.json").read_text())
+    for k in ("test_auc", "test_logloss", "params", "n_memorize", "n_factorize", "n_naive"):
+        assert retrain.data.metrics[k] == pytest.approx(float(m[k])), k
+    hist = client.get_metric_history(retrain.info.run_id, "valid_auc")
+    assert {h.step for h in hist} >= {1, 2}
+    assert kids["preprocess"].data.metrics["rows_read"] == 3000 + 600 + 600
+    assert kids["preprocess"].data.metrics["rows_per_s"] > 0
+    # artifacts
+    def names(run_id, path=None):
+        out = set()
+        for f in client.list_artifacts(run_id, path):
+            out |= names(run_id, f.path) if f.is_dir else {f.path.rsplit("/", 1)[-1]}
+        return out
+
+    assert "feature_map.json" in names(kids["preprocess"].info.run_id)
+    assert {"architecture.json", "metrics.json"} <= names(kids["search"].info.run_id)
+    assert "metrics.json" in names(retrain.info.run_id)
+    assert {"report.html", "mi.csv"} <= names(kids["analyze"].info.run_id)
+    assert any(n.endswith(".png") for n in names(kids["analyze"].info.run_id))
+    assert {"results.md", "results.csv"} <= names(first["parent_run_id"])
+    # a reused stage's run carries the original's params, metric history and artifacts
+    kids2 = _children(env, second["parent_run_id"])
+    r2 = kids2["retrain:optinter"]
+    assert r2.data.params == retrain.data.params
+    assert r2.data.metrics["test_auc"] == retrain.data.metrics["test_auc"]
+    assert [h.value for h in client.get_metric_history(r2.info.run_id, "valid_auc")] == [h.value for h in hist]
+    assert names(r2.info.run_id) >= names(retrain.info.run_id)
+    # artifacts live under the experiment's explicit location next to the database, not ./mlruns
+    exp = client.get_experiment(parent.info.experiment_id)
+    assert exp.artifact_location == (env["root"] / "mlartifacts").resolve().as_uri()
+
+
+def test_changed_retrain_setting_reruns_only_retrain_and_what_follows(two_runs, env):
+    from flows.pipeline import optinter_flow
+
+    first, _, _ = two_runs
+    third = optinter_flow(**tiny_params(env["artifacts"], overrides=TINY_OVERRIDES + ["retrain:train.lr_o=3e-3"]))
+    cached = {n for n, s in third["stages"].items() if s["cached"]}
+    assert cached == {"synth", "preprocess", "search", "train:lr", "train:fm"}
+    for n in ("retrain:optinter", "evaluate", "analyze"):
+        assert third["stages"][n]["key"] != first["stages"][n]["key"]
+    kids = _children(env, third["parent_run_id"])
+    assert kids["retrain:optinter"].data.params["train.lr_o"] == "0.003"
+    assert kids["search"].data.params["train.lr_o"] != "0.003"
+    # the first run's folders are all still there
+    for s in first["stages"].values():
+        assert (Path(s["local_dir"]) / "_stage.json").exists()
+
+
+def test_force_recomputes_a_stage_and_its_dependents_only(two_runs, env):
+    from flows.pipeline import optinter_flow
+
+    first, _, _ = two_runs
+    out = optinter_flow(**tiny_params(env["artifacts"], force=["fm"], stages=["baselines"]))
+    assert set(out["stages"]) == {"synth", "preprocess", "train:lr", "train:fm"}
+    assert {n for n, s in out["stages"].items() if not s["cached"]} == {"train:fm"}
+    # forced with the same inputs: same key, the folder was replaced by a fresh one
+    assert out["stages"]["train:fm"]["key"] == first["stages"]["train:fm"]["key"]
+    assert out["stages"]["train:fm"]["source_run_id"] == out["stages"]["train:fm"]["run_id"]
+
+
+def test_retrain_from_earlier_search_run_id(two_runs, env, tmp_path):
+    from flows.pipeline import optinter_flow
+
+    first, _, _ = two_runs
+    search_run = first["stages"]["search"]["run_id"]
+    # another artifact root: preprocess and search come from the reference, not recomputed
+    out = optinter_flow(**tiny_params(tmp_path / "other", from_run=search_run, stages=["retrain"],
+                                      overrides=TINY_OVERRIDES + ["retrain:train.epochs=1"]))
+    assert set(out["stages"]) == {"synth", "preprocess", "search", "retrain:optinter"}
+    assert all(out["stages"][n]["cached"] for n in ("synth", "preprocess", "search"))
+    assert out["stages"]["search"]["local_dir"] == first["stages"]["search"]["local_dir"]
+    r = out["stages"]["retrain:optinter"]
+    assert not r["cached"] and Path(r["local_dir"]).parent.parent == tmp_path / "other"
+    m = json.loads((Path(r["local_dir"]) / "metrics.json").read_text())
+    assert m["epochs"] == 1
+    # the same by output folder
+    out2 = optinter_flow(**tiny_params(tmp_path / "other", from_run=first["stages"]["search"]["local_dir"],
+                                       stages=["retrain"], overrides=TINY_OVERRIDES + ["retrain:train.epochs=1"]))
+    assert out2["stages"]["retrain:optinter"]["cached"]
+    assert out2["stages"]["retrain:optinter"]["key"] == r["key"]
+
+
+def test_failed_stage_keeps_earlier_outputs_and_next_run_resumes(two_runs, env, monkeypatch):
+    import optinter.stages
+    from flows.pipeline import optinter_flow
+    from mlflow.tracking import MlflowClient
+
+    first, _, _ = two_runs
+    params = tiny_params(env["artifacts"], overrides=TINY_OVERRIDES + ["retrain:train.batch_size=128"],
+                         baselines=[], stages=["retrain"])
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated crash in retrain")
+
+    monkeypatch.setattr(optinter.stages, "run_retrain", broken)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        optinter_flow(**params)
+    client = MlflowClient(tracking_uri=env["uri"])
+    failed = client.search_runs([client.get_experiment_by_name("optinter").experiment_id],
+                                "attributes.status = 'FAILED'", order_by=["attributes.start_time DESC"])
+    names = {r.info.run_name for r in failed[:2]}
+    assert "retrain:optinter" in names
+    assert any("simulated crash" in r.data.tags.get("optinter.error", "") for r in failed[:2])
+    for n in ("synth", "preprocess", "search"):
+        assert (Path(first["stages"][n]["local_dir"]) / "_stage.json").exists()
+    monkeypatch.undo()
+    out = optinter_flow(**params)
+    assert {n for n, s in out["stages"].items() if not s["cached"]} == {"retrain:optinter"}
+    assert os.path.exists(Path(out["stages"]["retrain:optinter"]["local_dir"]) / "metrics.json")

@@ -1,0 +1,21 @@
+"""Tiny pipeline parameters shared by the flow tests (seconds per stage on 2 cores)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TINY_SYNTH: dict[str, Any] = {
+    "n_train": 3000, "n_valid": 600, "n_test": 600, "cardinalities": [5, 6, 7, 8, 30, 40], "n_continuous": 1,
+    "memorize_pairs": [[0, 1], [2, 3]], "factorize_pairs": [[4, 5]],
+}
+TINY_OVERRIDES = ["model.embed_dim=4", "model.cross_embed_dim=2", "model.mlp_dims=16", "train.epochs=2",
+                  "train.batch_size=256", "train.eval_batch_size=1024"]
+# A thread-based LocalCluster starts in a fraction of the time of a process-based one.
+TINY_PREPROCESS = {"processes": False, "n_workers": 1, "threads_per_worker": 2}
+
+
+def tiny_params(root: str, **kw: Any) -> dict[str, Any]:
+    p = dict(dataset="synthetic", synth=dict(TINY_SYNTH), overrides=list(TINY_OVERRIDES), baselines=["lr", "fm"],
+             artifact_root=str(root), preprocess=dict(TINY_PREPROCESS))
+    p.update(kw)
+    return p
