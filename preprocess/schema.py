@@ -238,7 +238,7 @@ IPINYOU = DatasetSchema(
     categorical=["weekday", "hour", "useragent", "IP", "region", "city", "adexchange", "domain", "slotid",
                  "slotwidth", "slotheight", "slotvisibility", "slotformat", "slotprice", "creative", "advertiser"],
     drop=["bidid", "timestamp", "logtype", "ipinyouid", "url", "urlid", "bidprice", "payprice", "keypage",
-          "usertag", "nclick", "nconversation"],
+          "usertag", "nclick*", "nconversation*"],
     oov_threshold=5, cross_threshold=5,
 )
 
