@@ -29,6 +29,9 @@ class ModelConfig:
     relaxation: str = "gumbel"  # "gumbel" (eq. 16-17) or "softmax" (annealed, released code)
     tau_start: float = 1.0
     tau_end: float = 0.1
+    # Cross-product (and factorization) tables get sparse gradients and lazy Adam updates
+    # (only the rows of the batch move; l2_c applies to those rows). False: dense Adam.
+    sparse_cross: bool = True
     # PIN sub-network
     pin_subnet: tuple[int, ...] = (40, 5)
     # AutoFIS / GRDA

@@ -166,48 +166,59 @@ class ParquetBatches:
             for rb in pf.iter_batches(batch_size=self.chunk_rows, row_groups=[u.row_group], columns=self.columns):
                 yield self._convert(rb, u.path)
 
-    def _stack(self, rb: pa.RecordBatch, cols: list[str], dtype: type, path: Path) -> np.ndarray:
-        out = np.empty((rb.num_rows, len(cols)), dtype=dtype)
+    @staticmethod
+    def _stack(rb: pa.RecordBatch, cols: list[str], dtype: type, path: Path) -> np.ndarray:
+        """K × n array (column-major: each column written contiguously, no per-row work)."""
+        out = np.empty((len(cols), rb.num_rows), dtype=dtype)
         for k, c in enumerate(cols):
             col = rb.column(c)
             if col.null_count:
                 raise ValueError(f"{path}: column {c!r} has {col.null_count} missing values")
-            out[:, k] = col.to_numpy(zero_copy_only=False)
+            out[k] = col.to_numpy(zero_copy_only=False)
         return out
 
     def _convert(self, rb: pa.RecordBatch, path: Path) -> dict[str, np.ndarray]:
-        cat = self._stack(rb, self.cat_cols, np.int64, path)
-        pairs = self._stack(rb, self.pair_cols, np.int64, path)
+        cat = self._stack(rb, self.cat_cols, np.int32, path)
+        pairs = self._stack(rb, self.pair_cols, np.int32, path)
         if self.check_ids and rb.num_rows:
             for arr, vocab, names in ((cat, self.cat_vocab, self.cat_cols), (pairs, self.pair_vocab, self.pair_cols)):
-                if arr.shape[1]:
-                    bad = (arr.max(axis=0) >= vocab) | (arr.min(axis=0) < 0)
+                if arr.shape[0]:
+                    bad = (arr.max(axis=1) >= vocab) | (arr.min(axis=1) < 0)
                     if bad.any():
                         k = int(np.flatnonzero(bad)[0])
                         raise ValueError(
                             f"{path}: column {names[k]!r} has ids outside [0, {vocab[k]}) "
-                            f"(max {arr[:, k].max()}); data does not match feature_map.json"
+                            f"(max {arr[k].max()}); data does not match feature_map.json"
                         )
         return {
             "cat": cat,
             "cont": self._stack(rb, self.cont_cols, np.float32, path),
             "pairs": pairs,
-            "label": rb.column(self.fmap.label).to_numpy(zero_copy_only=False).astype(np.float32, copy=False),
+            "label": np.array(rb.column(self.fmap.label).to_numpy(zero_copy_only=False), dtype=np.float32)[None, :],
         }
 
     @staticmethod
     def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         if len(parts) == 1:
             return parts[0]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+
+    @staticmethod
+    def _rows(arrs: dict[str, np.ndarray]) -> int:
+        return int(arrs["label"].shape[1])
+
+    @staticmethod
+    def _take(arrs: dict[str, np.ndarray], sl: slice | np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v[:, sl] for k, v in arrs.items()}
 
     @staticmethod
     def _to_batch(arrs: dict[str, np.ndarray], sl: slice | np.ndarray) -> Batch:
+        """Rows ``sl`` of the column-major buffers → B × K tensors (int64 ids)."""
         return Batch(
-            torch.from_numpy(np.ascontiguousarray(arrs["cat"][sl])),
-            torch.from_numpy(np.ascontiguousarray(arrs["cont"][sl])),
-            torch.from_numpy(np.ascontiguousarray(arrs["pairs"][sl])),
-            torch.from_numpy(np.ascontiguousarray(arrs["label"][sl])),
+            torch.from_numpy(arrs["cat"][:, sl].T.astype(np.int64, order="C")),
+            torch.from_numpy(np.ascontiguousarray(arrs["cont"][:, sl].T)),
+            torch.from_numpy(arrs["pairs"][:, sl].T.astype(np.int64, order="C")),
+            torch.from_numpy(np.ascontiguousarray(arrs["label"][0, sl])),
         )
 
     def _iter_ordered(self) -> Iterator[Batch]:
@@ -215,13 +226,13 @@ class ParquetBatches:
         rows = 0
         for ch in self._chunks(self.units):
             pending.append(ch)
-            rows += len(ch["label"])
+            rows += self._rows(ch)
             if rows >= self.batch_size:
                 buf = self._concat(pending)
                 n_full = (rows // self.batch_size) * self.batch_size
                 for s in range(0, n_full, self.batch_size):
                     yield self._to_batch(buf, slice(s, s + self.batch_size))
-                pending = [{k: v[n_full:] for k, v in buf.items()}] if n_full < rows else []
+                pending = [self._take(buf, slice(n_full, rows))] if n_full < rows else []
                 rows -= n_full
         if rows and not self.drop_last:
             yield self._to_batch(self._concat(pending), slice(0, rows))
@@ -245,12 +256,12 @@ class ParquetBatches:
                     yield self._to_batch(buf, rest)
                 pending, rows = [], 0
             else:
-                pending = [{k: v[rest] for k, v in buf.items()}] if len(rest) else []
+                pending = [self._take(buf, rest)] if len(rest) else []
                 rows = len(rest)
 
         for ch in self._chunks(units):
             pending.append(ch)
-            rows += len(ch["label"])
+            rows += self._rows(ch)
             if rows >= self.shuffle_buffer:
                 yield from flush(final=False)
         if rows:

@@ -52,21 +52,58 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def make_optimizers(model: CTRModel, tcfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
-    """``{"model": Adam over the orig/cross groups, "arch": model.make_arch_optimizer(...)}``.
+class LazyAdam(torch.optim.SparseAdam):
+    """SparseAdam (moments and rows updated only where the batch has gradients) with coupled
+    L2: ``weight_decay`` (a param-group key) adds ``wd · w`` to the gradient of the touched rows."""
 
-    Groups other than ``orig``/``cross``/``arch`` get the ``orig`` settings. L2 (l2_o, l2_c) is
-    Adam's coupled weight decay. ``arch`` is present only for search models.
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        for group in self.param_groups:
+            wd = group.get("weight_decay", 0.0)
+            if not wd:
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.coalesce()
+                idx = g.indices()[0]
+                p.grad = torch.sparse_coo_tensor(g.indices(), g.values() + wd * p.index_select(0, idx),
+                                                 g.shape).coalesce()
+        return super().step(closure)
+
+
+def _sparse_params(model: nn.Module) -> set[int]:
+    return {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
+
+
+def make_optimizers(model: CTRModel, tcfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+    """``{"model": Adam, "sparse": LazyAdam, "arch": model.make_arch_optimizer(...)}``.
+
+    Parameter groups follow Table IV: ``orig`` (lr_o, l2_o) and ``cross`` (lr_c, l2_c); groups
+    other than ``orig``/``cross``/``arch`` get the ``orig`` settings. L2 is coupled weight decay.
+    Embedding tables with ``sparse=True`` (cross-product tables, ``model.sparse_cross``) go to
+    :class:`LazyAdam` with the same per-group settings. ``sparse`` and ``arch`` are present only
+    when needed (``arch``: search models).
     """
     groups = model.named_param_groups()
+    sparse_ids = _sparse_params(model)
     settings = {"orig": (tcfg.lr_o, tcfg.l2_o), "cross": (tcfg.lr_c, tcfg.l2_c)}
-    param_groups = []
+    dense_groups, sparse_groups = [], []
     for name, params in groups.items():
         if name == "arch" or not params:
             continue
         lr, wd = settings.get(name, settings["orig"])
-        param_groups.append({"params": params, "lr": lr, "weight_decay": wd, "name": name})
-    out: dict[str, torch.optim.Optimizer] = {"model": torch.optim.Adam(param_groups, eps=tcfg.eps)}
+        dense = [p for p in params if id(p) not in sparse_ids]
+        sparse = [p for p in params if id(p) in sparse_ids]
+        if dense:
+            dense_groups.append({"params": dense, "lr": lr, "weight_decay": wd, "name": name})
+        if sparse:
+            sparse_groups.append({"params": sparse, "lr": lr, "weight_decay": wd, "name": name})
+    out: dict[str, torch.optim.Optimizer] = {}
+    if dense_groups:
+        out["model"] = torch.optim.Adam(dense_groups, eps=tcfg.eps)
+    if sparse_groups:
+        out["sparse"] = LazyAdam(sparse_groups, eps=tcfg.eps)
     arch_opt = model.make_arch_optimizer(tcfg)
     if arch_opt is not None:
         out["arch"] = arch_opt
@@ -123,7 +160,9 @@ def bilevel_step(
     _zero(optimizers)
     loss = batch_loss(model, batch, amp)
     loss.backward()
-    optimizers["model"].step()
+    for k, opt in optimizers.items():
+        if k != "arch":
+            opt.step()
     _zero(optimizers)
     batch_loss(model, valid_batch, amp).backward()
     optimizers["arch"].step()

@@ -47,9 +47,12 @@ class FactorizationTable(nn.Module):
     forward: cat ids B × Fc → Hadamard products B × K × D for the listed (categorical) pairs.
     """
 
-    def __init__(self, cat_vocab_sizes: Sequence[int], dim: int, pairs: Sequence[tuple[int, int]]) -> None:
+    def __init__(
+        self, cat_vocab_sizes: Sequence[int], dim: int, pairs: Sequence[tuple[int, int]], sparse: bool = False
+    ) -> None:
         super().__init__()
         self.table = OffsetEmbedding(cat_vocab_sizes, dim)
+        self.table.table.sparse = sparse
         self.hadamard = HadamardPairs(pairs)
 
     def forward(self, cat: torch.Tensor) -> torch.Tensor:
@@ -62,7 +65,10 @@ class MemorizedEmbedding(OffsetEmbedding):
 
     Only the pairs it is built for get rows: a re-trained OptInter builds it over the memorized
     pairs alone, so no parameters are allocated for factorized or naive pairs.
+    ``sparse=True``: sparse gradients (updated by a lazy Adam, see
+    :func:`optinter.train.make_optimizers`), so a step costs O(batch rows), not O(table size).
     """
 
-    def __init__(self, pair_vocab_sizes: Sequence[int], dim: int) -> None:
+    def __init__(self, pair_vocab_sizes: Sequence[int], dim: int, sparse: bool = False) -> None:
         super().__init__(pair_vocab_sizes, dim)
+        self.table.sparse = sparse

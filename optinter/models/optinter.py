@@ -68,7 +68,9 @@ class _OptInterBase(CTRModel):
         pairs = [self.pair_idx[k] for k in idx]
         if self.cfg.factorize_source == "orig":
             return HadamardPairs(pairs)
-        return FactorizationTable([f.vocab_size for f in self.feature_map.categorical], self.cfg.cross_embed_dim, pairs)
+        return FactorizationTable(
+            [f.vocab_size for f in self.feature_map.categorical], self.cfg.cross_embed_dim, pairs, self.cfg.sparse_cross
+        )
 
     def _factorized(self, fac: nn.Module, e_o: torch.Tensor, batch: Batch) -> torch.Tensor:
         """B × K × fac_dim."""
@@ -103,7 +105,7 @@ class OptInterSearch(_OptInterBase):
         super().__init__(fmap, cfg)
         if fmap.num_pairs == 0:
             raise ValueError("OptInter search needs at least one pair in the feature map")
-        self.cross = MemorizedEmbedding([p.vocab_size for p in fmap.pairs], cfg.cross_embed_dim)
+        self.cross = MemorizedEmbedding([p.vocab_size for p in fmap.pairs], cfg.cross_embed_dim, cfg.sparse_cross)
         self.factorize = self._factorizer(list(range(fmap.num_pairs)))
         # Seed of the Gumbel noise generator from the global RNG (deterministic after manual_seed).
         seed = int(torch.randint(0, 2**62, (1,)).item())
@@ -157,7 +159,7 @@ class OptInterNet(_OptInterBase):
         self.uses_pairs = bool(self.mem_idx)
         self._mem_names = [fmap.pairs[k].name for k in self.mem_idx]
         self.cross = (
-            MemorizedEmbedding([fmap.pairs[k].vocab_size for k in self.mem_idx], cfg.cross_embed_dim)
+            MemorizedEmbedding([fmap.pairs[k].vocab_size for k in self.mem_idx], cfg.cross_embed_dim, cfg.sparse_cross)
             if self.mem_idx
             else None
         )
