@@ -68,7 +68,7 @@ class LazyAdam(torch.optim.SparseAdam):
                 g = p.grad.coalesce()
                 idx = g.indices()[0]
                 p.grad = torch.sparse_coo_tensor(g.indices(), g.values() + wd * p.index_select(0, idx),
-                                                 g.shape).coalesce()
+                                                 g.shape, check_invariants=False).coalesce()
         return super().step(closure)
 
 
@@ -242,11 +242,13 @@ class FitResult:
         return asdict(self)
 
 
-def _cycle(loader: Any) -> Iterator[Batch]:
+def _cycle(loader: Any, train_epoch: int) -> Iterator[Batch]:
+    """Endless validation batches for the bi-level α updates; the order depends only on the
+    training epoch (so a resumed run sees the same batches)."""
     epoch = 0
     while True:
         if hasattr(loader, "set_epoch"):
-            loader.set_epoch(10_000 + epoch)
+            loader.set_epoch(1_000_003 * (train_epoch + 1) + epoch)
         n = 0
         for b in loader:
             n += 1
@@ -325,8 +327,8 @@ def fit(
             if ck.get("stopped"):
                 start_epoch = n_epochs
 
-    bilevel_iter = _cycle(bilevel_data) if bilevel_data is not None else None
     for epoch in range(start_epoch, n_epochs):
+        bilevel_iter = _cycle(bilevel_data, epoch) if bilevel_data is not None else None
         if hasattr(train_data, "set_epoch"):
             train_data.set_epoch(epoch)
         model.train()
