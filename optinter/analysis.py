@@ -614,13 +614,16 @@ def run_analyze(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     with staged_output(out_dir) as tmp:
         pairs.to_csv(tmp / MI_CSV, index=False, float_format="%.8g")
         fields.to_csv(tmp / MI_FIELDS_CSV, index=False, float_format="%.8g")
-        plot_mi_heatmap(fm, pairs, tmp / "mi_heatmap.png", methods=arch.methods if arch else None, truth=truth,
-                        title=f"{fm.dataset}: MI (nats) of each field pair"
-                              + (" vs selected method" if arch else ""))
-        figures.append(("Fig. 6 — (a) MI of each pair with the label (nats)"
-                        + ("; (b) method selected by the search" if arch else "")
-                        + ("; planted pairs outlined (M = memorize, F = factorize)" if truth else ""),
-                        "mi_heatmap.png"))
+        if len(pairs):
+            plot_mi_heatmap(fm, pairs, tmp / "mi_heatmap.png", methods=arch.methods if arch else None, truth=truth,
+                            title=f"{fm.dataset}: MI (nats) of each field pair"
+                                  + (" vs selected method" if arch else ""))
+            figures.append(("Fig. 6 — (a) MI of each pair with the label (nats)"
+                            + ("; (b) method selected by the search" if arch else "")
+                            + ("; planted pairs outlined (M = memorize, F = factorize)" if truth else ""),
+                            "mi_heatmap.png"))
+        else:
+            log.warning("analyze: %s has no pairs; no heat map", data_dir / "feature_map.json")
         if arch is not None:
             plot_mi_by_method(pairs, tmp / "mi_by_method.png")
             figures.append(("Fig. 5 — mean MI of the pairs per selected method", "mi_by_method.png"))

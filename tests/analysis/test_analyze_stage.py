@@ -112,3 +112,16 @@ def test_load_architecture_layouts(tmp_path):
     (tmp_path / "3.json").write_text(json.dumps({"pairs": {"a|b": "memo", "a|c": "bogus"}}))
     with pytest.raises(ValueError, match="bogus"):
         load_architecture(tmp_path / "3.json", names)
+
+
+def test_analyze_without_pairs(tmp_path):
+    from preprocess.feature_map import FeatureMap
+
+    fm, train = write_encoded(tmp_path / "d", n_rows=300, cards=(3, 4))
+    fm.pairs = []
+    fm.save(tmp_path / "d")
+    res = run_analyze(tmp_path / "d", tmp_path / "an")
+    assert res["n_pairs"] == 0 and not (tmp_path / "an" / "mi_heatmap.png").exists()
+    fields = pd.read_csv(tmp_path / "an" / "mi_fields.csv")
+    assert fields["mi"].tolist() == pytest.approx([mutual_info_score(train["label"], train[c]) for c in ("c0", "c1")])
+    assert FeatureMap.load(tmp_path / "d").num_pairs == 0
