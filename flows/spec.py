@@ -313,6 +313,8 @@ def resolve_spec(
         tracking_uri=tracking_uri or default_tracking_uri(),
     )
     spec.needed = needed_stages(targets, synth_cfg is not None, bool(baselines))
+    if not spec.needed:
+        raise SpecError(f"nothing to run: stages {targets} with baselines {baselines}")
     if synthetic is False and not raw_files and not splits and not from_run and "preprocess" in spec.needed:
         raise SpecError(f"dataset {schema.name!r} needs data: give 'raw' files or "
                         f"'train_path'/'valid_path'/'test_path' (or 'from_run' with earlier results)")

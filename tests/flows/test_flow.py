@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,58 @@ def test_failed_stage_keeps_earlier_outputs_and_next_run_resumes(two_runs, env, 
     out = optinter_flow(**params)
     assert {n for n, s in out["stages"].items() if not s["cached"]} == {"retrain:optinter"}
     assert os.path.exists(Path(out["stages"]["retrain:optinter"]["local_dir"]) / "metrics.json")
+
+
+def test_bad_input_fails_the_flow_before_any_stage(env, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    from flows.pipeline import optinter_flow
+
+    state = optinter_flow(**tiny_params(tmp_path / "art", baselines=["lr", "nosuchmodel"]), return_state=True)
+    assert state.is_failed()
+    assert "unknown model 'nosuchmodel'" in state.message
+    assert not (tmp_path / "art").exists()
+    # the message is in the flow run's logs on the Prefect API (what the UI shows)
+    APILogHandler().flush()
+    flt = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+    for _ in range(20):  # logs reach the API in batches
+        with get_client(sync_client=True) as client:
+            errors = [log.message for log in client.read_logs(flt) if log.level >= 40]
+        if any("bad parameters" in m for m in errors):
+            break
+        time.sleep(0.5)
+    assert any("bad parameters: parameter 'baselines': unknown model 'nosuchmodel'" in m for m in errors), errors
+
+
+def test_cli_run_prints_results_table_and_ui_command(two_runs, env, capsys):
+    from flows.cli import main
+
+    first, _, _ = two_runs
+    args = ["run", "--artifact-root", str(env["artifacts"]), "--baselines", "lr,fm"]
+    for k, v in tiny_params(env["artifacts"])["synth"].items():
+        args += ["--synth", f"{k}={json.dumps(v)}"]
+    for o in TINY_OVERRIDES:
+        args += ["--set", o]
+    for k, v in tiny_params(env["artifacts"])["preprocess"].items():
+        args += ["--preprocess", f"{k}={json.dumps(v)}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"mlflow ui --backend-store-uri {env['uri']}" in out
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert table[0].split("|")[1].strip() == "model"
+    assert [line.split("|")[1].strip() for line in table[1:]] == [r["model"] for r in first["results"]]
+    test_col = table[0].split("|").index(" test_auc ") if " test_auc " in table[0].split("|") else None
+    assert test_col is not None
+    assert [float(line.split("|")[test_col]) for line in table[1:]] == [
+        pytest.approx(r["test_auc"], abs=5e-5) for r in first["results"]]
+    assert out.count("reused") == len(first["stages"])  # every stage reused: same settings as the first run
+
+
+def test_cli_run_bad_input_exits_2_with_message(capsys):
+    from flows.cli import main
+
+    assert main(["run", "--dataset", "nosuchdata"]) == 2
+    err = capsys.readouterr().err
+    assert "optinter run: error: parameter 'dataset': unknown dataset 'nosuchdata'" in err
