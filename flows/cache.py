@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterable, Mapping
 log = logging.getLogger(__name__)
 
 MARKER = "_stage.json"
+#: Local folder for stage work and copies of remote stage folders (default ``.optinter/work``).
+WORK_DIR_ENV = "OPTINTER_WORK_DIR"
 #: Bump to invalidate every cached stage (e.g. when the marker format changes).
 CACHE_VERSION = 1
 _HASH_LEN = 16
@@ -201,7 +203,7 @@ class ArtifactStore:
 
             self.root = root.rstrip("/")
             self.fs = fsspec.filesystem(proto)
-        work = Path(work_dir or os.environ.get("OPTINTER_WORK_DIR", ".optinter/work")).expanduser().resolve()
+        work = Path(work_dir or os.environ.get(WORK_DIR_ENV, ".optinter/work")).expanduser().resolve()
         # Remote roots: local copies live in a work folder of their own per root.
         self.work_dir = Path(self.root) if self.local else work / stable_hash(self.root, 12)
 

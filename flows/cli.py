@@ -136,7 +136,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     prepare_env(SERVE_PREFECT_HOME)
-    os.environ.setdefault("OPTINTER_ARTIFACT_ROOT", str(Path(args.artifact_root or "artifacts").resolve()))
+    from flows.spec import ARTIFACT_ROOT_ENV, DEFAULT_ARTIFACT_ROOT
+
+    if args.artifact_root or ARTIFACT_ROOT_ENV not in os.environ:  # absolute: flow runs are subprocesses
+        root = args.artifact_root or DEFAULT_ARTIFACT_ROOT
+        os.environ[ARTIFACT_ROOT_ENV] = root if "://" in root else str(Path(root).resolve())
     from optinter.tracking import default_tracking_uri
 
     os.environ.setdefault("MLFLOW_TRACKING_URI", default_tracking_uri("."))  # absolute, for the flow runs

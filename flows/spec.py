@@ -42,6 +42,8 @@ OVERRIDE_SCOPES = ("search", "retrain", "baselines", "compare")
 SEARCH_MODEL = "optinter"
 DEFAULT_BASELINES = ("lr", "fm", "deepfm")
 DEFAULT_ARTIFACT_ROOT = "artifacts"
+#: Environment variable naming the artifact root (a folder or an fsspec URL).
+ARTIFACT_ROOT_ENV = "OPTINTER_ARTIFACT_ROOT"
 SPLIT_NAMES = ("train", "valid", "test")
 #: ``PreprocessConfig`` fields set by the flow's own parameters (not through ``preprocess``).
 PREPROCESS_OWN_KEYS = frozenset({"dataset", "out", "raw", "train", "valid", "test", "oov_threshold",
@@ -308,7 +310,7 @@ def resolve_spec(
         dataset=dataset, schema=schema_dict, raw=raw_files, splits=splits, synth=synth_cfg,
         preprocess=preprocess, oov_threshold=oov, cross_threshold=cross, overrides=all_overrides,
         baselines=baselines, seed=int(seed), artifact_root=str(artifact_root or os.environ.get(
-            "OPTINTER_ARTIFACT_ROOT", DEFAULT_ARTIFACT_ROOT)),
+            ARTIFACT_ROOT_ENV, DEFAULT_ARTIFACT_ROOT)),
         force=force, from_run=from_run, targets=targets, experiment=experiment,
         tracking_uri=tracking_uri or default_tracking_uri(),
     )
