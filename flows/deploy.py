@@ -20,10 +20,7 @@ only in their default ``stages``.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 #: deployment name → (default ``stages`` parameter, description)
 DEPLOYMENTS: dict[str, tuple[list[str] | None, str]] = {
@@ -84,8 +81,7 @@ def serve_deployments(names: list[str] | None = None, parameters: dict[str, Any]
     from prefect import serve
     from prefect.settings import PREFECT_API_URL
 
-    url = check_server(PREFECT_API_URL.value())
+    check_server(PREFECT_API_URL.value())
     deployments = build_deployments(names, parameters)
-    log.info("serving %d deployments against %s: %s", len(deployments), url,
-             ", ".join(f"optinter/{d.name}" for d in deployments))
+    # (no logging here: Prefect routes the project's loggers to the API, which needs a flow run)
     serve(*deployments, limit=limit, print_starting_message=True)

@@ -13,10 +13,16 @@ other on Prefect's default task runner; the preprocessing task runs its Dask job
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "optinter,preprocess,flows")
+#: Library loggers whose records also go to the Prefect run logs (UI, ``--watch``).
+LIBRARY_LOGGERS = ("optinter", "preprocess", "flows")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", ",".join(LIBRARY_LOGGERS))
+for _name in LIBRARY_LOGGERS:  # progress messages are INFO: show them unless configured otherwise
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.INFO)
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
