@@ -219,13 +219,18 @@ def mutual_information(data_dir: str | os.PathLike[str], *, split: str = "train"
     """MI with the label of every pair and every single categorical field (nats).
 
     Returns ``(pairs, fields, h_label)``: ``pairs`` has one row per pair (feature-map order) with
-    ``pair, field_a, field_b, mi, mi_norm (= MI / H(y)), gain (= MI − max(MI_a, MI_b)),
-    n_values, vocab_size``; ``fields`` one row per field with ``field, mi, mi_norm, n_values,
-    vocab_size``; ``h_label`` is H(y).
+    ``pair, field_a, field_b, mi, mi_norm (= MI / H(y)), mi_mm, gain (= MI − max(MI_a, MI_b)),
+    n_values, vocab_size``; ``fields`` one row per field with ``field, mi, mi_norm, mi_mm,
+    n_values, vocab_size``; ``h_label`` is H(y).
+
+    ``mi_mm`` is the Miller–Madow bias-corrected estimate ``MI − (K_x − 1)(K_y − 1) / (2N)``
+    (K = observed values, N = rows): the plug-in MI of eq. 21 grows with the number of values by
+    itself, which favours high-cardinality crosses; ``mi_mm`` removes that first-order bias.
     """
     fm = FeatureMap.load(data_dir)
     counts = joint_counts(data_dir, split=split, client=client, rows_per_task=rows_per_task)
     h_label = 0.0
+    n_rows = fm.splits[split].rows if split in fm.splits else 0
     field_rows = []
     field_mi: dict[str, float] = {}
     for f in fm.categorical:
@@ -243,8 +248,13 @@ def mutual_information(data_dir: str | os.PathLike[str], *, split: str = "train"
                           "n_values": nv, "vocab_size": p.vocab_size})
     pairs = pd.DataFrame(pair_rows, columns=["pair", "field_a", "field_b", "mi", "gain", "n_values", "vocab_size"])
     fields = pd.DataFrame(field_rows, columns=["field", "mi", "n_values", "vocab_size"])
+    if counts:
+        n_rows = int(next(iter(counts.values()))[1].sum())
+    k_y = 2 if h_label > 0 else 1
     for df in (pairs, fields):
         df.insert(df.columns.get_loc("mi") + 1, "mi_norm", df["mi"] / h_label if h_label > 0 else 0.0)
+        bias = (df["n_values"] - 1).clip(lower=0) * (k_y - 1) / (2 * n_rows) if n_rows else 0.0
+        df.insert(df.columns.get_loc("mi_norm") + 1, "mi_mm", df["mi"] - bias)
     return pairs, fields, h_label
 
 
@@ -599,7 +609,9 @@ def run_analyze(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
         metrics["mi.spearman_method"] = result["spearman_mi_method"]
         if "p_memorize" in pairs:
             result["spearman_mi_p_memorize"] = spearman(pairs["mi"], pairs["p_memorize"])
+            result["spearman_mi_mm_p_memorize"] = spearman(pairs["mi_mm"], pairs["p_memorize"])
             metrics["mi.spearman_p_memorize"] = result["spearman_mi_p_memorize"]
+            metrics["mi.spearman_mm_p_memorize"] = result["spearman_mi_mm_p_memorize"]
         by = mean_mi_by_method(pairs)
         result["mean_mi_by_method"] = {m: float(v) for m, v in by["mean_mi"].items()}
         metrics.update({f"mi.mean_{m}": v for m, v in result["mean_mi_by_method"].items()})
@@ -638,12 +650,15 @@ def run_analyze(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
         figures.append(("MI of each single field with the label", "mi_fields.png"))
         notes = [f"MI in nats (natural log), from the encoded train split; H(y) = {h_label:.4f} nats."]
         for key, label in (("spearman_mi_p_memorize", "Spearman ρ between pair MI and P(memorize)"),
+                           ("spearman_mi_mm_p_memorize", "Spearman ρ between bias-corrected pair MI (Miller–Madow) "
+                                                         "and P(memorize)"),
                            ("spearman_mi_method", "Spearman ρ between pair MI and method rank (naive<factorize<memorize)"),
                            ("planted_recovered", "share of pairs whose selected method equals the planted kind")):
             if key in result and not math.isnan(result[key]):
                 notes.append(f"{label}: {result[key]:.3f}")
         top = pairs.sort_values("mi", ascending=False).head(15)
-        cols = [c for c in ("pair", "mi", "mi_norm", "gain", "n_values", "method", "p_memorize", "planted") if c in top]
+        cols = [c for c in ("pair", "mi", "mi_norm", "mi_mm", "gain", "n_values", "method", "p_memorize", "planted")
+                if c in top]
         tables: list[tuple[str, list[dict[str, Any]]]] = [("Top pairs by MI", top[cols].to_dict("records"))]
         if arch is not None:
             by = mean_mi_by_method(pairs).reset_index(names="method")

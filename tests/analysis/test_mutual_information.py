@@ -24,6 +24,9 @@ def test_mi_matches_sklearn(tmp_path):
     for row in pairs.itertuples():
         assert row.mi == pytest.approx(mutual_info_score(y, train[row.pair]), rel=1e-9, abs=1e-12)
         assert row.gain == pytest.approx(row.mi - fields.set_index("field").loc[[row.field_a, row.field_b], "mi"].max())
+    n = len(train)
+    np.testing.assert_allclose(pairs["mi_mm"], pairs["mi"] - (pairs["pair"].map(lambda c: train[c].nunique()) - 1) / (2 * n))
+    np.testing.assert_allclose(fields["mi_mm"], fields["mi"] - (fields["field"].map(lambda c: train[c].nunique()) - 1) / (2 * n))
     p = y.mean()
     assert h == pytest.approx(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
     assert np.allclose(pairs["mi_norm"], pairs["mi"] / h)
