@@ -459,7 +459,7 @@ def _setup_axes(ax: Any, fields: list[str]) -> None:
 
 def plot_mi_heatmap(fm: FeatureMap, pairs: pd.DataFrame, out_png: str | os.PathLike[str], *,
                     methods: Mapping[str, str] | None = None, truth: Mapping[str, str] | None = None,
-                    title: str = "") -> Path:
+                    title: str = "", value: str = "mi") -> Path:
     """Fig. 6: (a) MI heat map over field pairs; (b) the selected method map, same field order.
 
     Lower triangle: cell (row i, column j), i > j, is the pair of fields i and j. Planted pairs of
@@ -474,11 +474,12 @@ def plot_mi_heatmap(fm: FeatureMap, pairs: pd.DataFrame, out_png: str | os.PathL
     ncols = 2 if methods else 1
     fig, axes = plt.subplots(1, ncols, figsize=(side * ncols + 1.2 * ncols, side), squeeze=False)
     ax = axes[0, 0]
-    mi = _pair_matrix(fields, pairs, dict(zip(pairs["pair"], pairs["mi"])))
+    mi = _pair_matrix(fields, pairs, dict(zip(pairs["pair"], pairs[value])))
     im = ax.imshow(np.ma.masked_invalid(mi), cmap="viridis", interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="MI with label (nats)")
+    what = "MI" if value == "mi" else "bias-corrected MI" if value == "mi_mm" else value
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"{what} with label (nats)")
     _setup_axes(ax, fields)
-    ax.set_title("(a) mutual information of each pair")
+    ax.set_title(f"(a) {what} of each pair")
     _mark_truth(ax, fields, pairs, truth)
     if methods:
         ax2 = axes[0, 1]
@@ -575,6 +576,7 @@ def run_analyze(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     Writes ``mi.csv`` (one row per pair: fields, MI in nats, normalized MI, and when
     ``arch_path`` is given the selected ``method`` and ``p_memorize/p_factorize/p_naive``; with
     ``truth_path`` the ``planted`` kind), ``mi_fields.csv``, ``mi_heatmap.png`` (Fig. 6a/6b),
+    ``mi_mm_heatmap.png`` (the same with bias-corrected MI),
     ``mi_fields.png``, with an architecture ``mi_by_method.png`` (Fig. 5) and
     ``mi_vs_memorize.png``, with a truth ``mi_by_planted.png``, and ``report.html``.
     Returns a summary dict (paths, H(y), Spearman ρ, mean MI per method).
@@ -634,6 +636,11 @@ def run_analyze(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
                             + ("; (b) method selected by the search" if arch else "")
                             + ("; planted pairs outlined (M = memorize, F = factorize)" if truth else ""),
                             "mi_heatmap.png"))
+            plot_mi_heatmap(fm, pairs, tmp / "mi_mm_heatmap.png", methods=arch.methods if arch else None, truth=truth,
+                            title=f"{fm.dataset}: Miller–Madow bias-corrected MI (nats) of each field pair",
+                            value="mi_mm")
+            figures.append(("Same with the Miller–Madow bias-corrected MI (removes the growth of plug-in MI "
+                            "with the number of values of a cross)", "mi_mm_heatmap.png"))
         else:
             log.warning("analyze: %s has no pairs; no heat map", data_dir / "feature_map.json")
         if arch is not None:

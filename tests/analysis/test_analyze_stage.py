@@ -70,7 +70,7 @@ def test_analyze_with_architecture_truth_and_metrics(data, tmp_path):
     for m, v in res["mean_mi_by_method"].items():
         assert v == pytest.approx(expected[m])
     assert res["arch_counts"] == dict(zip(("memorize", "factorize", "naive"), arch.counts()))
-    for f in ("mi_heatmap.png", "mi_by_method.png", "mi_vs_memorize.png", "mi_by_planted.png"):
+    for f in ("mi_heatmap.png", "mi_mm_heatmap.png", "mi_by_method.png", "mi_vs_memorize.png", "mi_by_planted.png"):
         assert (out / f).stat().st_size > 1000
     # report: self-contained, every figure inlined, results and architecture present
     html = (out / "report.html").read_text()
