@@ -475,13 +475,13 @@ def plot_fig4(points: pd.DataFrame, out_png: Path, dataset: str) -> Path:
 
     fig, ax = plt.subplots(figsize=(5.5, 4.0))
     markers = {"optinter": "o", "optinter_m": "s"}
-    for model, g in points.groupby("model", sort=False):
+    for k, (model, g) in enumerate(points.groupby("model", sort=False)):
         g = g.sort_values("params")
         ax.errorbar(g["params"], g["auc_mean"], yerr=g["auc_std"].fillna(0), marker=markers.get(model, "^"),
                     capsize=3, label=model)
         for row in g.itertuples():
             ax.annotate(f"{model}({row.cross_embed})", (row.params, row.auc_mean), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7)
+                        xytext=(4, 4 - 12 * (k % 2)), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("#parameters")
     ax.set_ylabel("test AUC")
