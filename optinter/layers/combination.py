@@ -105,12 +105,14 @@ class CombinationBlock(nn.Module):
     def forward(self, e_m: torch.Tensor, e_f: torch.Tensor) -> torch.Tensor:
         """e_m: B × P × mem_dim, e_f: B × P × fac_dim → B × P × W (eq. 18, zero-padded to W)."""
         w = self.weights().to(e_m.dtype)
-        if e_m.shape[-1] < self.width:
-            e_m = F.pad(e_m, (0, self.width - e_m.shape[-1]))
-        if e_f.shape[-1] < self.width:
-            e_f = F.pad(e_f, (0, self.width - e_f.shape[-1]))
-        # p^n · e^n vanishes: e^n is the zero vector.
-        return e_m * w[:, 0].view(1, -1, 1) + e_f * w[:, 1].view(1, -1, 1)
+        w_m, w_f = w[:, 0].view(1, -1, 1), w[:, 1].view(1, -1, 1)
+        # p^n · e^n vanishes: e^n is the zero vector. The narrower candidate fills the first
+        # coordinates of the slot (zero padding), written without materializing the padding.
+        if self.mem_dim == self.fac_dim:
+            return e_m * w_m + e_f * w_f
+        wide, narrow = (e_f * w_f, e_m * w_m) if self.fac_dim > self.mem_dim else (e_m * w_m, e_f * w_f)
+        k = narrow.shape[-1]
+        return torch.cat([wide[..., :k] + narrow, wide[..., k:]], dim=-1)
 
     # ---- the noise generator and τ travel with the state dict ------------------------------------
     def get_extra_state(self) -> dict[str, Any]:

@@ -1,0 +1,196 @@
+"""Training speed and memory of OptInter's search and re-train steps beside DeepFM.
+
+    python benchmarks/train.py [--device auto|cpu|cuda] [--steps 20] [--threads 2]
+                               [--models search,retrain,deepfm,optinter_f] [--pair-vocab 20000]
+                               [--loader-rows 100000]
+
+Criteo-shaped random data: 39 fields (13 continuous + 26 categorical), 325 pairs, batch 2000,
+Table IV dimensions for Criteo (s1=20, s2=10, MLP 700×5, LayerNorm). Categorical vocabularies are
+drawn log-uniformly in [4, 60 000] (seeded), each pair's vocabulary is min(v_a·v_b, --pair-vocab);
+ids are uniform. Each model runs in its own child process, so the peak RSS printed is that
+model's. ``retrain`` uses a random architecture (≈ 1/3 memorize / factorize / naive, like
+Table VI's [117, 98, 110] on Criteo). A step = forward + backward + optimizer steps (search: Θ
+and α together, Algorithm 1). The last lines give search/DeepFM and re-train/DeepFM step-time
+ratios, and the parquet loader's rows/s on Criteo-shaped files (with and without pair columns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]  # benchmarks/preprocess.py shadows preprocess
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from preprocess.feature_map import FeatureMap, FieldSpec, PairSpec, SplitInfo, pair_column  # noqa: E402
+
+N_CONT, N_CAT = 13, 26
+
+
+def criteo_like_map(pair_vocab: int, seed: int = 0, rows: int = 0) -> FeatureMap:
+    rng = np.random.default_rng(seed)
+    vocab = np.exp(rng.uniform(np.log(4), np.log(60_000), N_CAT)).astype(int)
+    fields = [FieldSpec(name=f"I{k + 1}", kind="continuous", column=f"I{k + 1}", source=f"I{k + 1}", min=0.0, max=1.0)
+              for k in range(N_CONT)]
+    fields += [FieldSpec(name=f"C{k + 1}", kind="categorical", column=f"C{k + 1}", source=f"C{k + 1}",
+                         vocab_size=int(v)) for k, v in enumerate(vocab)]
+    pairs = []
+    for a in range(N_CAT):
+        for b in range(a + 1, N_CAT):
+            fa, fb = f"C{a + 1}", f"C{b + 1}"
+            pairs.append(PairSpec(name=pair_column(fa, fb), fields=(fa, fb), column=pair_column(fa, fb),
+                                  vocab_size=int(min(vocab[a] * vocab[b], pair_vocab)), threshold=20))
+    splits = {s: SplitInfo(rows=rows, positives=0, path=s) for s in ("train", "valid", "test")}
+    return FeatureMap(dataset="criteo_like", label="label", fields=fields, pairs=pairs, splits=splits)
+
+
+def random_batches(fmap: FeatureMap, pair_names: list[str], n: int, batch: int, device: torch.device, seed: int = 1):
+    from optinter.models.base import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    pv = {p.name: p.vocab_size for p in fmap.pairs}
+    out = []
+    for _ in range(n):
+        cat = torch.stack([torch.randint(0, f.vocab_size, (batch,), generator=g) for f in fmap.categorical], 1)
+        pairs = (torch.stack([torch.randint(0, pv[p], (batch,), generator=g) for p in pair_names], 1)
+                 if pair_names else torch.zeros(batch, 0, dtype=torch.long))
+        out.append(Batch(cat, torch.rand(batch, N_CONT, generator=g), pairs,
+                         (torch.rand(batch, generator=g) < 0.25).float()).to(device))
+    return out
+
+
+def child(args: argparse.Namespace) -> None:
+    from optinter.architecture import random_architecture
+    from optinter.config import default_config
+    from optinter.registry import available_models, build_model, build_search_model
+    from optinter.train import make_optimizers, resolve_device, train_step
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    fmap = criteo_like_map(args.pair_vocab)
+    name = args.child
+    cfg = default_config("criteo", "optinter" if name in ("search", "retrain") else name)
+    cfg.train.batch_size = args.batch_size
+    torch.manual_seed(0)
+    if name == "search":
+        model = build_search_model("optinter", fmap, cfg.model)
+    elif name == "retrain":
+        model = build_model("optinter", fmap, cfg.model, arch=random_architecture(fmap, seed=0))
+    elif name in available_models():
+        model = build_model(name, fmap, cfg.model)
+    else:
+        print(json.dumps({"model": name, "error": f"not registered (known: {', '.join(available_models())})"}))
+        return
+    model.to(device)
+    opts = make_optimizers(model, cfg.train)
+    batches = random_batches(fmap, model.required_pairs(), 8, args.batch_size, device)
+    amp = bool(args.amp and device.type == "cuda")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for i in range(args.warmup):
+        if name == "search":
+            model.set_temperature(1.0)
+        train_step(model, batches[i % len(batches)], opts, amp)
+    sync()
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+        if name == "search":
+            model.set_temperature(1.0 - 0.5 * i / args.steps)
+        train_step(model, batches[i % len(batches)], opts, amp)
+    sync()
+    secs = (time.perf_counter() - t0) / args.steps
+    rec = {"model": name, "params": model.num_params(), "ms_per_step": secs * 1000,
+           "samples_per_s": args.batch_size / secs, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "device": str(device)}
+    if device.type == "cuda":
+        rec["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(rec))
+
+
+def loader_speed(rows: int, pair_vocab: int) -> list[tuple[str, float]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from optinter.data import ParquetBatches
+
+    out = []
+    with tempfile.TemporaryDirectory() as d:
+        fmap = criteo_like_map(pair_vocab, rows=rows)
+        rng = np.random.default_rng(0)
+        cols = {f.column: rng.integers(0, f.vocab_size, rows, dtype=np.int32) for f in fmap.categorical}
+        cols.update({f.column: rng.random(rows, dtype=np.float32) for f in fmap.continuous})
+        cols.update({p.column: rng.integers(0, p.vocab_size, rows, dtype=np.int32) for p in fmap.pairs})
+        cols["label"] = (rng.random(rows) < 0.25).astype(np.float32)
+        os.makedirs(f"{d}/train")
+        pq.write_table(pa.table(cols), f"{d}/train/part-00000.parquet", row_group_size=100_000)
+        fmap.save(d)
+        for label, pairs in (("all 325 pair columns", [p.name for p in fmap.pairs]), ("no pair columns", [])):
+            dl = ParquetBatches(d, fmap, "train", 2000, pairs, shuffle=True, seed=0)
+            t0 = time.perf_counter()
+            n = sum(len(b) for b in dl)
+            out.append((label, n / (time.perf_counter() - t0)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--pair-vocab", type=int, default=20_000, help="cap of each pair's vocabulary")
+    ap.add_argument("--models", default="search,retrain,deepfm,optinter_f")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    ap.add_argument("--loader-rows", type=int, default=100_000, help="0 = skip the loader benchmark")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+    fmap = criteo_like_map(args.pair_vocab)
+    print(f"Criteo-shaped: {N_CONT} continuous + {N_CAT} categorical fields, {fmap.num_pairs} pairs, "
+          f"{sum(f.vocab_size for f in fmap.categorical):,} field values, {sum(p.vocab_size for p in fmap.pairs):,} "
+          f"cross values; batch {args.batch_size}, s1=20, s2=10, MLP 700x5; device {args.device}, "
+          f"threads {args.threads or torch.get_num_threads()}")
+    results = {}
+    base = [sys.executable, os.path.abspath(__file__), "--device", args.device, "--steps", str(args.steps),
+            "--warmup", str(args.warmup), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+            "--pair-vocab", str(args.pair_vocab)] + (["--amp"] if args.amp else [])
+    print(f"{'model':12s} {'params':>12s} {'ms/step':>9s} {'samples/s':>10s} {'peak RSS MB':>12s}")
+    for name in args.models.split(","):
+        proc = subprocess.run(base + ["--child", name], capture_output=True, text=True)
+        if proc.returncode:
+            print(f"{name:12s} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}")
+            continue
+        rec = json.loads(proc.stdout.strip().splitlines()[-1])
+        if "error" in rec:
+            print(f"{name:12s} {rec['error']}")
+            continue
+        results[name] = rec
+        extra = f"  (peak CUDA {rec['peak_cuda_mb']:.0f} MB)" if "peak_cuda_mb" in rec else ""
+        print(f"{name:12s} {rec['params']:>12,} {rec['ms_per_step']:>9.1f} {rec['samples_per_s']:>10.0f} "
+              f"{rec['peak_rss_mb']:>12.0f}{extra}")
+    if "deepfm" in results:
+        d = results["deepfm"]["ms_per_step"]
+        for name in ("search", "retrain", "optinter_f"):
+            if name in results:
+                print(f"step time {name} / deepfm: {results[name]['ms_per_step'] / d:.2f}x")
+    else:
+        print("deepfm not measured (not registered yet?): no ratio")
+    if args.loader_rows:
+        for label, rps in loader_speed(args.loader_rows, args.pair_vocab):
+            print(f"parquet loader, shuffled, {label}: {rps:,.0f} rows/s")
+
+
+if __name__ == "__main__":
+    main()
