@@ -76,14 +76,23 @@ class PairGather(nn.Module):
         """e: B × F × D → (e[:, rows], e[:, cols]), each B × P × D."""
         return e.index_select(1, self.rows), e.index_select(1, self.cols)
 
+    def pair_major(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """e: B × F × D → the two sides as contiguous P × B × D tensors (ready for ``bmm`` over P)."""
+        et = e.transpose(0, 1).contiguous()  # F × B × D: each gathered row is one memcpy
+        return et[self.rows], et[self.cols]  # (advanced indexing: far faster than index_select here)
+
 
 # ---- interaction functions --------------------------------------------------------------------
 class InnerProduct(PairGather):
-    """⟨e_i, e_j⟩ for each pair: B × F × D → B × P."""
+    """⟨e_i, e_j⟩ for each pair: B × F × D → B × P.
+
+    Computed from the Gram matrix e eᵀ (B × F × F, one batched matmul) and a gather of its
+    P entries, which is much cheaper than gathering two B × P × D tensors when P ≫ F.
+    """
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        left, right = super().forward(e)
-        return (left * right).sum(-1)
+        gram = torch.bmm(e, e.transpose(1, 2))  # B × F × F
+        return gram.flatten(1).index_select(1, self.rows * e.shape[1] + self.cols)
 
 
 def fm_second_order(e: torch.Tensor) -> torch.Tensor:
@@ -132,10 +141,20 @@ class BilinearProduct(PairGather):
         self.weight = nn.Parameter(w)
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        left, right = super().forward(e)  # B × P × D
-        # (P × B × D) @ (P × D × D) → P × B × D: one matmul per pair, batched.
-        lw = torch.bmm(left.transpose(0, 1), self.weight).transpose(0, 1)
-        return (lw * right).sum(-1)
+        """e: B × F × D → B × P."""
+        left, right = self.pair_major(e)  # P × B × D
+        lw = torch.bmm(left, self.weight)  # one D × D matmul per pair, batched over P
+        return (lw * right).sum(-1).t()
+
+    def total(self, e: torch.Tensor) -> torch.Tensor:
+        """Σ_p e_i W_p e_jᵀ: B × F × D → B, as one quadratic form x M xᵀ with x = flatten(e)
+        (B × F·D) and M the F·D × F·D block matrix holding W_p at block (i, j) — a single
+        dense matmul instead of P small ones."""
+        f, d = e.shape[1], self.dim
+        m = e.new_zeros(f, f, d, d).index_put((self.rows, self.cols), self.weight)
+        m = m.permute(0, 2, 1, 3).reshape(f * d, f * d)
+        x = e.reshape(e.shape[0], f * d)
+        return ((x @ m) * x).sum(-1)
 
 
 class PairSubNetwork(PairGather):
@@ -173,10 +192,17 @@ class PairSubNetwork(PairGather):
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """e: B × F × D → B × P × hidden[-1]."""
-        left, right = super().forward(e)
-        h = torch.cat([left, right, left * right], dim=-1)  # B × P × 3D
+        left, right = self.pair_major(e)
+        h = torch.cat([left, right, left * right], dim=-1)  # P × B × 3D, pair-major for bmm
+        p, last = self.num_pairs, len(self.weights) - 1
         for k, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.relu(torch.einsum("bpi,pio->bpo", h, w) + b)
-            if self.layer_norm:
-                h = F.layer_norm(h, h.shape[-2:]) * self.gains[k] + self.shifts[k]
+            h = torch.relu(torch.baddbmm(b.unsqueeze(1), h, w))  # P × B × H: pair k's own weights
+            if self.layer_norm:  # fused LayerNorm per row over all P × H units (batch-major)
+                hdim = h.shape[-1]
+                h = F.layer_norm(h.transpose(0, 1).contiguous(), (p, hdim),
+                                 self.gains[k].expand(p, hdim), self.shifts[k].expand(p, hdim))
+                if k < last:
+                    h = h.transpose(0, 1).contiguous()
+            elif k == last:
+                h = h.transpose(0, 1)
         return h

@@ -107,7 +107,7 @@ class FmFM(FM):
         self.product = BilinearProduct(all_field_pairs(self.embedding.num_fields), cfg.embed_dim, init="identity")
 
     def interaction(self, e: torch.Tensor) -> torch.Tensor:
-        return self.product(e).sum(-1)
+        return self.product.total(e)
 
 
 @register_model("lr")

@@ -130,3 +130,12 @@ def test_positions_follow_embedding_order() -> None:
     assert embedding_order(fmap) == ["a", "b", "c", "n0"]
     assert feature_map_pair_positions(fmap) == [(0, 2), (1, 2)]
     assert pair_names(fmap, [(0, 3), (1, 2)]) == ["a|n0", "b|c"]
+
+
+def test_bilinear_total_equals_sum_of_pairs(emb: torch.Tensor) -> None:
+    pairs = [(0, 1), (0, 3), (2, 1), (2, 3)]  # any pairs, either order
+    layer = BilinearProduct(pairs, D, init="xavier").double()
+    total = layer.total(emb)
+    torch.testing.assert_close(total, layer(emb).sum(-1))
+    total.sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
