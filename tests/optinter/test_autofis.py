@@ -267,3 +267,14 @@ def test_search_keeps_the_planted_pair_and_prunes_the_rest() -> None:
     out = fit(net, train, valid, cfg)
     assert net.gates.num_pairs == archs[0].counts()[1]
     assert out.best_valid_auc > 0.85  # Bayes AUC of this validation set: 0.907
+
+
+def test_retrain_with_every_gate_pruned_is_deepfm_without_fm() -> None:
+    torch.manual_seed(0)
+    fmap = tiny_map()
+    net = build_model("autofis", fmap, tiny_cfg(), arch=Architecture.uniform(fmap, "naive", model="autofis"))
+    assert net.gates.num_pairs == 0 and net.gates.alpha.numel() == 0
+    batch = tiny_batch(fmap)
+    e = net.embedding(batch.cat, batch.cont)
+    expected = net.linear(batch.cat, batch.cont) + net.mlp(e.flatten(1))
+    torch.testing.assert_close(net(batch), expected)
