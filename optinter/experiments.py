@@ -397,11 +397,17 @@ def table_v(results: Mapping[str, Sequence[Mapping[str, Any]]], alpha: float) ->
         df.loc[i, ["p_auc", "p_logloss"]] = [p_auc, p_ll]
         df.loc[i, "vs"] = best
         df["best_baseline"] = df["model"] == best
+        b = df[df["model"] == best].iloc[0]
+        df["better_auc"] = np.where(df["model"] == OPTINTER, df["auc_mean"] > b["auc_mean"], np.nan)
+        df["better_logloss"] = np.where(df["model"] == OPTINTER, df["logloss_mean"] < b["logloss_mean"], np.nan)
+    better_auc = df["better_auc"] if "better_auc" in df else pd.Series(np.nan, index=df.index)
+    better_ll = df["better_logloss"] if "better_logloss" in df else pd.Series(np.nan, index=df.index)
     md = pd.DataFrame({
         "Model": df["model"], "Category": df["category"],
-        "AUC": [fmt_mean_std(m, s) + _star(p, alpha) for m, s, p in zip(df["auc_mean"], df["auc_std"], df["p_auc"])],
-        "Log loss": [fmt_mean_std(m, s) + _star(p, alpha)
-                     for m, s, p in zip(df["logloss_mean"], df["logloss_std"], df["p_logloss"])],
+        "AUC": [fmt_mean_std(m, s) + _star(p, alpha, up) for m, s, p, up in
+                zip(df["auc_mean"], df["auc_std"], df["p_auc"], better_auc)],
+        "Log loss": [fmt_mean_std(m, s) + _star(p, alpha, up)
+                     for m, s, p, up in zip(df["logloss_mean"], df["logloss_std"], df["p_logloss"], better_ll)],
         "Param.": [fmt_params(p) for p in df["params"]],
         "Seeds": df["n_seeds"],
         "p (AUC)": [fmt_p(p) for p in df["p_auc"]],
@@ -410,8 +416,9 @@ def table_v(results: Mapping[str, Sequence[Mapping[str, Any]]], alpha: float) ->
     return df, md
 
 
-def _star(p: float, alpha: float) -> str:
-    return "*" if p == p and p < alpha else ""
+def _star(p: float, alpha: float, improved: Any = True) -> str:
+    """``*`` marks a significant *improvement* (p < alpha and better), as in the paper's tables."""
+    return "*" if p == p and p < alpha and improved == 1 else ""
 
 
 def table_vi(results: Mapping[str, Sequence[Mapping[str, Any]]], n_pairs: int) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -151,3 +151,17 @@ def test_bad_compare_config():
     with pytest.raises(ValueError, match="seeds"):
         CompareConfig(seeds=0).validate()
     assert CompareConfig(tables="v,table vi,fig4").tables == ("V", "VI", "fig4")
+
+
+def test_star_only_for_significant_improvement():
+    from optinter.experiments import table_v
+
+    rng = np.random.default_rng(0)
+    base = [{"test_auc": 0.80 + e, "test_logloss": 0.45 - e, "params": 10} for e in rng.normal(0, 1e-4, 4)]
+    worse = [{"test_auc": r["test_auc"] - 0.01, "test_logloss": r["test_logloss"] + 0.01, "params": 20} for r in base]
+    better = [{"test_auc": r["test_auc"] + 0.01, "test_logloss": r["test_logloss"] - 0.01, "params": 20} for r in base]
+    for runs, star in ((worse, False), (better, True)):
+        df, md = table_v({"fm": base, "optinter": runs}, alpha=0.005)
+        row = md[md["Model"] == "optinter"].iloc[0]
+        assert df.loc[df["model"] == "optinter", "p_auc"].iloc[0] < 0.005
+        assert row["AUC"].endswith("*") == star and row["Log loss"].endswith("*") == star
