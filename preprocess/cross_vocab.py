@@ -6,8 +6,16 @@ times are kept and get ids ``2 ..`` sorted by train count descending, then key a
 is ``(id_a, id_b)`` order); every other key maps to ``OOV_ID = 1``.
 
 Counting is per partition (:func:`count_pair`: a dense ``bincount`` when ``vocab_a * vocab_b`` is
-small, a hash count otherwise) and small ``key → count`` tables are reduced per pair
-(:func:`reduce_pair`).
+small, a hash count otherwise; int32 counts) and the ``key → count`` tables are reduced per pair
+(:func:`reduce_pair`).  For out-of-core reduction a pair's key space can be cut into ``R`` equal key
+ranges (:func:`bucket_width`, :func:`split_buckets`): each range is reduced on its own and the kept
+keys of the ranges are merged (:func:`merge_buckets`), so the memory of one reduce task is bounded by
+the size of one range, not by the number of rows.
+
+Ids are looked up (:meth:`CrossVocab.transform_pair`) through a dense ``key → id`` table when the key
+space is no larger than the rows to encode, else through an Arrow hash lookup built per call; the
+vocabulary itself stays two flat arrays per pair (no cached hash tables), so a worker's memory holds
+the model, not a multiple of it.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from preprocess.feature_map import FIRST_ID, OOV_ID, pair_column
 
@@ -32,19 +42,42 @@ def pair_keys(a_ids: np.ndarray, b_ids: np.ndarray, vocab_b: int) -> np.ndarray:
 
 
 def count_keys(keys: np.ndarray, key_space: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct keys (int64) and their counts (int64) of one partition; keys need not be sorted."""
+    """Distinct keys (int64) and their counts (int32) of one partition; keys need not be sorted.
+
+    The keys come back sorted on the dense path, in first-seen order on the hash path.
+    """
     if len(keys) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.int32)
     if key_space <= DENSE_LIMIT and key_space <= 4 * len(keys):
         c = np.bincount(keys, minlength=key_space)
         nz = np.flatnonzero(c)
-        return nz.astype(np.int64), c[nz].astype(np.int64)
+        return nz.astype(np.int64), c[nz].astype(np.int32)
     vc = pd.Series(keys, copy=False).value_counts(sort=False)
-    return vc.index.to_numpy(dtype=np.int64), vc.to_numpy(dtype=np.int64)
+    return vc.index.to_numpy(dtype=np.int64), vc.to_numpy(dtype=np.int32)
 
 
 def count_pair(a_ids: np.ndarray, b_ids: np.ndarray, vocab_a: int, vocab_b: int) -> tuple[np.ndarray, np.ndarray]:
-    return count_keys(pair_keys(a_ids, b_ids, vocab_b), vocab_a * vocab_b)
+    """Distinct cross keys of one partition and their counts (int64 keys, int32 counts)."""
+    space = vocab_a * vocab_b
+    if space < 2**31:  # int32 keys: half the memory traffic of the hash count
+        keys = np.asarray(a_ids, dtype=np.int32) * np.int32(vocab_b) + np.asarray(b_ids, dtype=np.int32)
+        return count_keys(keys, space)
+    return count_keys(pair_keys(a_ids, b_ids, vocab_b), space)
+
+
+def bucket_width(key_space: int, n_buckets: int) -> int:
+    """Width of each of ``n_buckets`` equal key ranges covering ``[0, key_space)``."""
+    return max(1, -(-key_space // max(1, n_buckets)))
+
+
+def split_buckets(keys: np.ndarray, counts: np.ndarray, width: int,
+                  n_buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group a partition table by key range ``key // width``: (keys, counts, sizes per bucket)."""
+    if n_buckets <= 1:
+        return keys, counts, np.array([len(keys)], dtype=np.int64)
+    b = keys // width
+    order = np.argsort(b.astype(np.int32), kind="stable")
+    return keys[order], counts[order], np.bincount(b, minlength=n_buckets).astype(np.int64)
 
 
 def reduce_pair(parts: Iterable[tuple[np.ndarray, np.ndarray]], threshold: int) -> dict[str, Any]:
@@ -52,8 +85,8 @@ def reduce_pair(parts: Iterable[tuple[np.ndarray, np.ndarray]], threshold: int) 
     parts = [p for p in parts if len(p[0])]
     if not parts:
         return {"keys": np.zeros(0, np.int64), "counts": np.zeros(0, np.int64), "distinct": 0}
-    keys = np.concatenate([p[0] for p in parts])
-    counts = np.concatenate([p[1] for p in parts])
+    keys = np.concatenate([p[0] for p in parts]).astype(np.int64, copy=False)
+    counts = np.concatenate([p[1] for p in parts]).astype(np.int64, copy=False)
     if len(parts) > 1:
         s = pd.Series(counts, copy=False).groupby(keys, sort=False).sum()
         keys, counts = s.index.to_numpy(dtype=np.int64), s.to_numpy(dtype=np.int64)
@@ -62,6 +95,17 @@ def reduce_pair(parts: Iterable[tuple[np.ndarray, np.ndarray]], threshold: int) 
     keys, counts = keys[keep], counts[keep]
     order = np.lexsort((keys, -counts))
     return {"keys": keys[order], "counts": counts[order], "distinct": distinct}
+
+
+def merge_buckets(reduced: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Merge the :func:`reduce_pair` results of disjoint key ranges of one pair (same result as one reduce)."""
+    reduced = list(reduced)
+    if len(reduced) == 1:
+        return dict(reduced[0])
+    keys = np.concatenate([np.asarray(r["keys"], dtype=np.int64) for r in reduced])
+    counts = np.concatenate([np.asarray(r["counts"], dtype=np.int64) for r in reduced])
+    order = np.lexsort((keys, -counts))
+    return {"keys": keys[order], "counts": counts[order], "distinct": sum(int(r["distinct"]) for r in reduced)}
 
 
 class CrossVocab:
@@ -88,7 +132,7 @@ class CrossVocab:
             self.vocab_b_: dict[str, int] = {}
             self.thresholds_: dict[str, int] = {}
         if not hasattr(self, "_index"):
-            self._index: dict[str, pd.Index] = {}
+            self._index: dict[str, pa.Array] = {}
 
     def set_pair(self, name: str, vocab_b: int, reduced: Mapping[str, Any]) -> "CrossVocab":
         self._init_state()
@@ -119,13 +163,26 @@ class CrossVocab:
     def transform_pair(self, name: str, a_ids: np.ndarray, b_ids: np.ndarray) -> np.ndarray:
         """Cross ids of one pair (int32, shape N)."""
         self._init_state()
-        idx = self._index.get(name)
-        if idx is None:
-            idx = self._index[name] = pd.Index(self.keys_[name])
-        pos = idx.get_indexer(pair_keys(a_ids, b_ids, self.vocab_b_[name]))
-        # get_indexer gives -1 for unknown keys: -1 + FIRST_ID == OOV_ID
-        pos += FIRST_ID
-        return pos.astype(np.int32)
+        keys = self.keys_[name]
+        vocab_b = self.vocab_b_[name]
+        n = len(a_ids)
+        space = (int(np.max(a_ids)) + 1) * vocab_b if n else 0
+        if n and space <= max(2 * n, 1 << 16):
+            # dense table over the key space actually used: key -> id, unknown -> OOV_ID
+            table = np.full(space, OOV_ID, dtype=np.int32)
+            ok = keys < space
+            table[keys[ok]] = np.flatnonzero(ok).astype(np.int32) + FIRST_ID
+            if space < 2**31:
+                return table[np.asarray(a_ids, dtype=np.int32) * np.int32(vocab_b) + np.asarray(b_ids, dtype=np.int32)]
+            return table[pair_keys(a_ids, b_ids, vocab_b)]
+        vs = self._index.get(name)
+        if vs is None:
+            vs = self._index[name] = pa.array(keys, type=pa.int64())  # zero-copy view, no hash table kept
+        pos = pc.index_in(pa.array(pair_keys(a_ids, b_ids, vocab_b)), value_set=vs)
+        # index_in gives null for unknown keys: -1 + FIRST_ID == OOV_ID
+        out = pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+        out += FIRST_ID
+        return out
 
     # -- persistence: arrays in an .npz, the rest in JSON ------------------------------------------
     def save(self, path: str | Path) -> None:

@@ -4,8 +4,9 @@ Every job maps a small, top-level task function over partitions (line-aligned bl
 files, then the scratch parts they produced); rows never travel through the scheduler: each task
 reads its partition from disk, works on it with numpy / pyarrow and writes its result back to the
 scratch folder, returning only small statistics.  Counting is per partition (value → count tables,
-cross key → count tables written as ``.npy``) and reduced per field / per pair, so memory depends
-on the partition size and the vocabulary sizes, not on the number of rows.
+cross key → count tables written as flat binary files, grouped by key range) and reduced per field /
+per (pair, key range), reading only the slices a task needs, so memory depends on the partition
+size, :data:`SLOT_ENTRIES` and the vocabulary sizes, not on the number of rows.
 
 1. :func:`ingest`      raw text → typed Arrow IPC (scratch) per split (bad-row checks, the seeded split,
                         bucketized / derived fields, train value counts and min/max statistics)
@@ -32,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
-from preprocess.cross_vocab import CrossVocab, count_pair, reduce_pair
+from preprocess.cross_vocab import CrossVocab, bucket_width, count_pair, merge_buckets, reduce_pair, split_buckets
 from preprocess.errors import PreprocessError
 from preprocess.feature_map import pair_column
 from preprocess.io import Block, parse_block, read_range
@@ -42,6 +43,10 @@ from preprocess.split import SPLIT_NAMES, assign_split
 
 log = logging.getLogger(__name__)
 MAX_BAD_EXAMPLES = 20
+#: Target number of count-table entries (over all train partitions) reduced at once by one task: a pair
+#: whose tables may hold more is reduced in ``ceil(bound / SLOT_ENTRIES)`` key ranges (about 12 bytes
+#: an entry on disk, ~5x that while reducing).
+SLOT_ENTRIES = 1 << 20
 
 
 def _run(client: Any, fn: Callable, items: list, what: str, **kwargs: Any) -> list:
@@ -181,8 +186,32 @@ def _load_cross(path: str) -> CrossVocab:
     return CrossVocab.load(path)
 
 
+def plan_cross_buckets(spec: dict[str, Any], oov: OOVThresholder,
+                       train_rows: list[int]) -> list[tuple[int, int, int]]:
+    """``(n_buckets, width, bound)`` per pair: key ranges so that one range's tables hold <= ~SLOT_ENTRIES entries.
+
+    A partition's table of a pair has at most ``min(rows, vocab_a * vocab_b)`` entries, so the bound
+    (and the plan) depends only on the vocabulary sizes and the train partition sizes.
+    """
+    out = []
+    for a, b in spec["pairs"]:
+        space = oov.vocab_size(a) * oov.vocab_size(b)
+        bound = sum(min(r, space) for r in train_rows)
+        n = max(1, min(-(-bound // SLOT_ENTRIES), space))
+        out.append((n, bucket_width(space, n), bound))
+    return out
+
+
+def _slot_bases(buckets: list[tuple[int, int, int]]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum([n for n, _, _ in buckets])]).astype(np.int64)
+
+
 def encode_fields_part(item: tuple[str, int], spec: dict[str, Any]) -> dict[str, Any]:
-    """Task: typed part → field ids / scaled values (``enc/``); on train also cross count tables."""
+    """Task: typed part → field ids / scaled values (``enc/``); on train also cross count tables.
+
+    The count tables of a train part go to ``xcounts/bNNNNN.{keys,counts,offs}``: int64 keys and
+    int32 counts of every (pair, key range) slot one after the other, ``offs`` the int64 slot starts.
+    """
     sname, idx = item
     work = Path(spec["work"])
     t = feather.read_table(work / "typed" / sname / f"b{idx:05d}.arrow", memory_map=True)
@@ -196,23 +225,29 @@ def encode_fields_part(item: tuple[str, int], spec: dict[str, Any]) -> dict[str,
             cols[name] = pa.array(ids[name])
         else:
             cols[name] = pa.array(mm.transform_column(name, t[name].to_numpy()))
+    n_rows = t.num_rows
+    del t
     feather.write_feather(pa.table(cols), work / "enc" / sname / f"b{idx:05d}.arrow", compression="uncompressed")
+    del cols
     if sname == "train" and spec["pairs"]:
-        keys, counts, offs = [], [], [0]
-        for a, b in spec["pairs"]:
-            k, c = count_pair(ids[a], ids[b], oov.vocab_size(a), oov.vocab_size(b))
-            keys.append(k)
-            counts.append(c)
-            offs.append(offs[-1] + len(k))
         d = work / "xcounts"
-        np.save(d / f"b{idx:05d}_k.npy", np.concatenate(keys))
-        np.save(d / f"b{idx:05d}_c.npy", np.concatenate(counts))
-        np.save(d / f"b{idx:05d}_o.npy", np.asarray(offs, dtype=np.int64))
-    return {"rows": t.num_rows}
+        offs = [0]
+        with open(d / f"b{idx:05d}.keys", "wb") as fk, open(d / f"b{idx:05d}.counts", "wb") as fc:
+            for (a, b), (nb, width, _) in zip(spec["pairs"], spec["cross_buckets"]):
+                k, c = count_pair(ids[a], ids[b], oov.vocab_size(a), oov.vocab_size(b))
+                k, c, sizes = split_buckets(k, c, width, nb)
+                k.tofile(fk)
+                c.tofile(fc)
+                offs.extend((offs[-1] + np.cumsum(sizes)).tolist())
+        np.asarray(offs, dtype=np.int64).tofile(d / f"b{idx:05d}.offs")
+    return {"rows": n_rows}
 
 
 def encode_fields(client: Any, spec: dict[str, Any], parts: list[tuple[str, int]]) -> None:
-    """Job 5a: field ids for every split; cross count tables of the train parts."""
+    """Job 5a: field ids for every split; cross count tables of the train parts.
+
+    ``spec["cross_buckets"]`` (from :func:`plan_cross_buckets`) must be set when there are pairs.
+    """
     work = Path(spec["work"])
     for s in SPLIT_NAMES:
         (work / "enc" / s).mkdir(parents=True, exist_ok=True)
@@ -220,36 +255,56 @@ def encode_fields(client: Any, spec: dict[str, Any], parts: list[tuple[str, int]
     _run(client, encode_fields_part, parts, "encode fields + count crosses", spec=spec)
 
 
-def reduce_pairs(group: list[int], spec: dict[str, Any], thresholds: list[int]) -> list[dict[str, Any]]:
-    """Task: reduce the cross count tables of a group of pairs (one pair in memory at a time)."""
+def _read_slice(path: Path, dtype: Any, start: int, stop: int) -> np.ndarray:
+    """Elements ``[start, stop)`` of a flat binary file (read, not memory-mapped: memory stays the slice)."""
+    itemsize = np.dtype(dtype).itemsize
+    return np.fromfile(path, dtype=dtype, count=stop - start, offset=start * itemsize)
+
+
+def reduce_slots(group: list[tuple[int, int]], spec: dict[str, Any], thresholds: list[int]) -> list[dict[str, Any]]:
+    """Task: reduce the count tables of a group of ``(pair, slot)`` key ranges, one range in memory at a time."""
     d = Path(spec["work"]) / "xcounts"
-    blocks = sorted(p.name[:-6] for p in d.glob("b*_o.npy"))
-    mm = [(np.load(d / f"{b}_k.npy", mmap_mode="r"), np.load(d / f"{b}_c.npy", mmap_mode="r"),
-           np.load(d / f"{b}_o.npy")) for b in blocks]
+    blocks = sorted(p.name[:-5] for p in d.glob("b*.offs"))
+    offs = [np.fromfile(d / f"{b}.offs", dtype=np.int64) for b in blocks]
     out = []
-    for pi in group:
-        parts = [(np.asarray(k[o[pi]:o[pi + 1]]), np.asarray(c[o[pi]:o[pi + 1]])) for k, c, o in mm]
+    for pi, slot in group:
+        parts = [(_read_slice(d / f"{b}.keys", np.int64, o[slot], o[slot + 1]),
+                  _read_slice(d / f"{b}.counts", np.int32, o[slot], o[slot + 1])) for b, o in zip(blocks, offs)]
         r = reduce_pair(parts, thresholds[pi])
-        r["pair"] = pi
+        del parts
+        r["pair"], r["slot"] = pi, slot
         out.append(r)
     return out
 
 
 def fit_cross(client: Any, spec: dict[str, Any], oov: OOVThresholder, cv: CrossVocab) -> CrossVocab:
-    """Job 5b: cross vocabulary of every pair from the train count tables."""
+    """Job 5b: cross vocabulary of every pair from the train count tables (per pair and key range)."""
     pairs = spec["pairs"]
     if not pairs:
         cv._init_state()
         return cv
     names = [pair_column(a, b) for a, b in pairs]
     thresholds = [cv.threshold_for(n) for n in names]
-    n_groups = min(len(pairs), max(1, 4 * spec.get("n_workers", 2)))
-    groups = [list(range(len(pairs)))[g::n_groups] for g in range(n_groups)]
-    res = _run(client, reduce_pairs, groups, "cross vocabulary", spec=spec, thresholds=thresholds)
+    buckets = spec["cross_buckets"]
+    bases = _slot_bases(buckets)
+    # balance the groups by the size bound of each slot (largest first, onto the lightest group)
+    slots = [(pi, int(bases[pi]) + r) for pi in range(len(pairs)) for r in range(buckets[pi][0])]
+    weight = {s: buckets[pi][2] // buckets[pi][0] + 1000 for pi, s in slots}
+    n_groups = min(len(slots), max(1, 4 * spec.get("n_workers", 2)))
+    groups: list[list[tuple[int, int]]] = [[] for _ in range(n_groups)]
+    load = [0] * n_groups
+    for pi, s in sorted(slots, key=lambda x: (-weight[x[1]], x[1])):
+        g = min(range(n_groups), key=lambda i: (load[i], i))
+        groups[g].append((pi, s))
+        load[g] += weight[s]
+    res = _run(client, reduce_slots, groups, "cross vocabulary", spec=spec, thresholds=thresholds)
     cv._init_state()
-    flat = {r["pair"]: r for grp in res for r in grp}
+    per_pair: dict[int, list[dict[str, Any]]] = {}
+    for grp in res:
+        for r in grp:
+            per_pair.setdefault(r["pair"], []).append(r)
     for pi, (a, b) in enumerate(pairs):
-        cv.set_pair(names[pi], oov.vocab_size(b), flat[pi])
+        cv.set_pair(names[pi], oov.vocab_size(b), merge_buckets(sorted(per_pair[pi], key=lambda r: r["slot"])))
     return cv
 
 

@@ -237,6 +237,7 @@ def _run(cfg: PreprocessConfig, schema: DatasetSchema, inputs: list[tuple[int | 
     t0 = _timed(seconds, "fit_minmax", t0)
     # -- 5. field encoding + cross vocabulary ------------------------------------------------------------------------
     parts = [(s, r["index"]) for k, s in enumerate(SPLIT_NAMES) for r in results if r["rows"][k]]
+    spec["cross_buckets"] = jobs.plan_cross_buckets(spec, oov, [r["rows"][0] for r in results if r["rows"][0]])
     jobs.encode_fields(client, spec, parts)
     t0 = _timed(seconds, "encode_fields", t0)
     cv = CrossVocab(schema.cross_threshold, cfg.pair_thresholds)
