@@ -190,35 +190,36 @@ class ParquetBatches:
                             f"{path}: column {names[k]!r} has ids outside [0, {vocab[k]}) "
                             f"(max {arr[k].max()}); data does not match feature_map.json"
                         )
+        # one blocked transpose per chunk → row-major n × K buffers (row gathers and slices are fast)
         return {
-            "cat": cat,
-            "cont": self._stack(rb, self.cont_cols, np.float32, path),
-            "pairs": pairs,
-            "label": np.array(rb.column(self.fmap.label).to_numpy(zero_copy_only=False), dtype=np.float32)[None, :],
+            "cat": np.ascontiguousarray(cat.T),
+            "cont": np.ascontiguousarray(self._stack(rb, self.cont_cols, np.float32, path).T),
+            "pairs": np.ascontiguousarray(pairs.T),
+            "label": np.array(rb.column(self.fmap.label).to_numpy(zero_copy_only=False), dtype=np.float32),
         }
 
     @staticmethod
     def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         if len(parts) == 1:
             return parts[0]
-        return {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
     @staticmethod
     def _rows(arrs: dict[str, np.ndarray]) -> int:
-        return int(arrs["label"].shape[1])
+        return int(arrs["label"].shape[0])
 
     @staticmethod
     def _take(arrs: dict[str, np.ndarray], sl: slice | np.ndarray) -> dict[str, np.ndarray]:
-        return {k: v[:, sl] for k, v in arrs.items()}
+        return {k: v[sl] for k, v in arrs.items()}
 
     @staticmethod
-    def _to_batch(arrs: dict[str, np.ndarray], sl: slice | np.ndarray) -> Batch:
-        """Rows ``sl`` of the column-major buffers → B × K tensors (int64 ids)."""
+    def _to_batch(arrs: dict[str, np.ndarray], sl: slice) -> Batch:
+        """Rows ``sl`` of the row-major buffers → B × K tensors (int64 ids)."""
         return Batch(
-            torch.from_numpy(arrs["cat"][:, sl].T.astype(np.int64, order="C")),
-            torch.from_numpy(np.ascontiguousarray(arrs["cont"][:, sl].T)),
-            torch.from_numpy(arrs["pairs"][:, sl].T.astype(np.int64, order="C")),
-            torch.from_numpy(np.ascontiguousarray(arrs["label"][0, sl])),
+            torch.from_numpy(arrs["cat"][sl].astype(np.int64)),
+            torch.from_numpy(arrs["cont"][sl].copy()),
+            torch.from_numpy(arrs["pairs"][sl].astype(np.int64)),
+            torch.from_numpy(arrs["label"][sl].copy()),
         )
 
     def _iter_ordered(self) -> Iterator[Batch]:
@@ -245,19 +246,17 @@ class ParquetBatches:
 
         def flush(final: bool) -> Iterator[Batch]:
             nonlocal pending, rows
-            buf = self._concat(pending)
-            perm = rng.permutation(rows)
+            buf = self._take(self._concat(pending), rng.permutation(rows))  # one row gather
             n_full = (rows // self.batch_size) * self.batch_size
             for s in range(0, n_full, self.batch_size):
-                yield self._to_batch(buf, perm[s : s + self.batch_size])
-            rest = perm[n_full:]
+                yield self._to_batch(buf, slice(s, s + self.batch_size))
             if final:
-                if len(rest) and not self.drop_last:
-                    yield self._to_batch(buf, rest)
+                if rows > n_full and not self.drop_last:
+                    yield self._to_batch(buf, slice(n_full, rows))
                 pending, rows = [], 0
             else:
-                pending = [self._take(buf, rest)] if len(rest) else []
-                rows = len(rest)
+                pending = [self._take(buf, slice(n_full, rows))] if rows > n_full else []
+                rows -= n_full
 
         for ch in self._chunks(units):
             pending.append(ch)

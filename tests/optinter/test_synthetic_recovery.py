@@ -1,0 +1,83 @@
+"""End to end on synthetic data with planted pairs (preprocess.synthetic → preprocess.pipeline →
+search → re-train → baselines).
+
+Data: 8 categorical fields (cardinalities 6..16, 30, 40) + 2 continuous, 28 pairs: 4 planted
+*memorize* pairs (full-rank tables on low-cardinality fields), 1 *factorize* pair (rank 3) and 23
+pairs with no interaction; 200k train / 20k valid / 20k test rows.
+
+What is asserted, and why these thresholds:
+
+* search recovery — at least 3 of the 4 memorize pairs memorized (a uniformly random architecture
+  does that with probability 0.11), at least 11 of the 23 no-interaction pairs naive *and* at most
+  3 of them memorized (random: P(≥11 naive) ≈ 0.10, P(≤3 memorized) ≈ 0.03). Observed (CPU, one
+  thread, deterministic): 4/4 memorize, 12/23 naive, 2/23 memorized; the other no-interaction pairs
+  go to *factorize*, which on this data costs no parameters and hardly any validation loss, so
+  the search has little reason to prefer naive over it. The one factorize pair (30 × 40 = 1200
+  cells, ~170 rows per cell) is memorized: at this size memorizing it is as good.
+  The search is the bi-level variant (α on validation batches) with τ 3 → 0.3: the joint
+  variant (Algorithm 1) recovers the memorize pairs equally well but labels fewer no-interaction
+  pairs naive here (see the report in the commit history); both are the same code path.
+* re-trained OptInter beats FNN, FM, DeepFM, IPNN and OptInter-F on test AUC, and is within
+  0.005 of the Bayes-optimal test AUC computed from the true click probabilities
+  (observed: 0.9055 vs 0.9093; best baseline OptInter-F 0.9000, IPNN 0.8997).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from optinter.architecture import Architecture
+from optinter.config import RunConfig, apply_overrides
+from optinter.stages import run_retrain, run_search, run_train
+
+pytestmark = pytest.mark.slow
+
+SYNTH = dict(n_train=200_000, n_valid=20_000, n_test=20_000, cardinalities=(6, 8, 10, 12, 14, 16, 30, 40),
+             memorize_pairs=((0, 1), (2, 3), (4, 5), (0, 5)), factorize_pairs=((6, 7),))
+COMMON = ["model.embed_dim=8", "model.cross_embed_dim=8", "model.mlp_dims=64", "train.batch_size=500",
+          "train.device=cpu"]
+SEARCH = COMMON + ["train.lr_o=3e-3", "train.lr_c=3e-3", "train.search_epochs=3", "train.bilevel=true",
+                   "train.lr_a=0.1", "model.tau_start=3", "model.tau_end=0.3"]
+TRAIN = COMMON + ["model.layer_norm=false", "train.lr_o=1e-3", "train.lr_c=1e-3", "train.epochs=10",
+                  "train.patience=2"]
+BASELINES = ("fnn", "fm", "deepfm", "ipnn", "optinter_f")
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from preprocess.pipeline import PreprocessConfig, run_preprocess
+    from preprocess.synthetic import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(SynthConfig(**SYNTH), root / "raw")
+    run_preprocess(PreprocessConfig(dataset="synthetic", train=[str(root / "raw" / "train.csv")],
+                                    valid=[str(root / "raw" / "valid.csv")], test=[str(root / "raw" / "test.csv")],
+                                    out=str(root / "enc"), processes=False))
+    truth = json.loads((root / "raw" / "truth.json").read_text())
+    return root, truth
+
+
+def test_search_recovers_planted_pairs_and_retrain_is_near_bayes(synth):
+    root, truth = synth
+    cfg = apply_overrides(RunConfig(), SEARCH)
+    run_search(root / "enc", root / "search", cfg)
+    arch = Architecture.load(root / "search" / "architecture.json")
+    planted = truth["pairs"]
+    mem = [p for p, k in planted.items() if k == "memorize"]
+    none = [p for p, k in planted.items() if k == "naive"]
+    assert len(mem) == 4 and len(none) == 23
+    mem_hit = sum(arch.choice(p) == "memorize" for p in mem)
+    naive_hit = sum(arch.choice(p) == "naive" for p in none)
+    naive_mem = sum(arch.choice(p) == "memorize" for p in none)
+    assert mem_hit >= 3, f"memorize pairs recovered: {mem_hit}/4"
+    assert naive_hit >= 11 and naive_mem <= 3, f"no-interaction pairs: {naive_hit}/23 naive, {naive_mem}/23 memorized"
+
+    train_cfg = apply_overrides(RunConfig(), TRAIN)
+    opt = run_retrain(root / "enc", root / "search" / "architecture.json", root / "retrain", train_cfg)
+    bayes = truth["bayes"]["test"]["auc"]
+    assert opt["test_auc"] >= bayes - 0.005, f"OptInter {opt['test_auc']:.4f} vs Bayes {bayes:.4f}"
+    for name in BASELINES:
+        base = run_train(root / "enc", name, root / name, train_cfg)
+        assert opt["test_auc"] > base["test_auc"], f"OptInter {opt['test_auc']:.4f} <= {name} {base['test_auc']:.4f}"
