@@ -81,6 +81,7 @@ def child(args: argparse.Namespace) -> None:
     name = args.child
     cfg = default_config("criteo", "optinter" if name in ("search", "retrain") else name)
     cfg.train.batch_size = args.batch_size
+    cfg.model.factorize_source = args.factorize_source
     torch.manual_seed(0)
     if name == "search":
         model = build_search_model("optinter", fmap, cfg.model)
@@ -151,6 +152,8 @@ def main() -> None:
     ap.add_argument("--pair-vocab", type=int, default=20_000, help="cap of each pair's vocabulary")
     ap.add_argument("--models", default="search,retrain,deepfm,optinter_f")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    ap.add_argument("--factorize-source", default="orig", choices=("orig", "table"),
+                    help="OptInter's factorized embedding: field embeddings (s1 wide) or a separate s2 table")
     ap.add_argument("--loader-rows", type=int, default=100_000, help="0 = skip the loader benchmark")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -160,12 +163,14 @@ def main() -> None:
     fmap = criteo_like_map(args.pair_vocab)
     print(f"Criteo-shaped: {N_CONT} continuous + {N_CAT} categorical fields, {fmap.num_pairs} pairs, "
           f"{sum(f.vocab_size for f in fmap.categorical):,} field values, {sum(p.vocab_size for p in fmap.pairs):,} "
-          f"cross values; batch {args.batch_size}, s1=20, s2=10, MLP 700x5; device {args.device}, "
+          f"cross values; batch {args.batch_size}, s1=20, s2=10, MLP 700x5, factorize from "
+          f"{args.factorize_source}; device {args.device}, "
           f"threads {args.threads or torch.get_num_threads()}")
     results = {}
     base = [sys.executable, os.path.abspath(__file__), "--device", args.device, "--steps", str(args.steps),
             "--warmup", str(args.warmup), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-            "--pair-vocab", str(args.pair_vocab)] + (["--amp"] if args.amp else [])
+            "--pair-vocab", str(args.pair_vocab), "--factorize-source", args.factorize_source]
+    base += ["--amp"] if args.amp else []
     print(f"{'model':12s} {'params':>12s} {'ms/step':>9s} {'samples/s':>10s} {'peak RSS MB':>12s}")
     for name in args.models.split(","):
         proc = subprocess.run(base + ["--child", name], capture_output=True, text=True)
