@@ -7,19 +7,16 @@ pairs with no interaction; 200k train / 20k valid / 20k test rows.
 
 What is asserted, and why these thresholds:
 
-* search recovery — at least 3 of the 4 memorize pairs memorized (a uniformly random architecture
-  does that with probability 0.11), at least 11 of the 23 no-interaction pairs naive *and* at most
-  3 of them memorized (random: P(≥11 naive) ≈ 0.10, P(≤3 memorized) ≈ 0.03). Observed (CPU, one
-  thread, deterministic): 4/4 memorize, 12/23 naive, 2/23 memorized; the other no-interaction pairs
-  go to *factorize*, which on this data costs no parameters and hardly any validation loss, so
-  the search has little reason to prefer naive over it. The one factorize pair (30 × 40 = 1200
-  cells, ~170 rows per cell) is memorized: at this size memorizing it is as good.
-  The search is the bi-level variant (α on validation batches) with τ 3 → 0.3: the joint
-  variant (Algorithm 1) recovers the memorize pairs equally well but labels fewer no-interaction
-  pairs naive here (see the report in the commit history); both are the same code path.
+* search recovery (Algorithm 1: joint Θ/α updates, Gumbel-softmax, τ 3 → 0.3) — at least 3 of
+  the 4 memorize pairs memorized (a uniformly random architecture does that with probability
+  0.11) and at least 16 of the 23 no-interaction pairs naive with at most 2 of them memorized
+  (random: P(≥16 naive) ≈ 0.0004). Observed (CPU, one thread, deterministic): 4/4 memorize,
+  19/23 naive, 0/23 memorized (the other 4 go to *factorize*, which costs no parameters). The one
+  factorize pair (30 × 40 = 1200 cells, ~170 train rows per cell) is memorized: at this size
+  memorizing it is as good, so it is not asserted.
 * re-trained OptInter beats FNN, FM, DeepFM, IPNN and OptInter-F on test AUC, and is within
   0.005 of the Bayes-optimal test AUC computed from the true click probabilities
-  (observed: 0.9055 vs 0.9093; best baseline OptInter-F 0.9000, IPNN 0.8997).
+  (observed: 0.9059 vs 0.9093; best baseline OptInter-F 0.9000, IPNN 0.8997).
 """
 
 from __future__ import annotations
@@ -38,8 +35,8 @@ SYNTH = dict(n_train=200_000, n_valid=20_000, n_test=20_000, cardinalities=(6, 8
              memorize_pairs=((0, 1), (2, 3), (4, 5), (0, 5)), factorize_pairs=((6, 7),))
 COMMON = ["model.embed_dim=8", "model.cross_embed_dim=8", "model.mlp_dims=64", "train.batch_size=500",
           "train.device=cpu"]
-SEARCH = COMMON + ["train.lr_o=3e-3", "train.lr_c=3e-3", "train.search_epochs=3", "train.bilevel=true",
-                   "train.lr_a=0.1", "model.tau_start=3", "model.tau_end=0.3"]
+SEARCH = COMMON + ["train.lr_o=3e-3", "train.lr_c=3e-3", "train.search_epochs=3", "train.lr_a=0.1",
+                   "model.tau_start=3", "model.tau_end=0.3"]
 TRAIN = COMMON + ["model.layer_norm=false", "train.lr_o=1e-3", "train.lr_c=1e-3", "train.epochs=10",
                   "train.patience=2"]
 BASELINES = ("fnn", "fm", "deepfm", "ipnn", "optinter_f")
@@ -72,7 +69,7 @@ def test_search_recovers_planted_pairs_and_retrain_is_near_bayes(synth):
     naive_hit = sum(arch.choice(p) == "naive" for p in none)
     naive_mem = sum(arch.choice(p) == "memorize" for p in none)
     assert mem_hit >= 3, f"memorize pairs recovered: {mem_hit}/4"
-    assert naive_hit >= 11 and naive_mem <= 3, f"no-interaction pairs: {naive_hit}/23 naive, {naive_mem}/23 memorized"
+    assert naive_hit >= 16 and naive_mem <= 2, f"no-interaction pairs: {naive_hit}/23 naive, {naive_mem}/23 memorized"
 
     train_cfg = apply_overrides(RunConfig(), TRAIN)
     opt = run_retrain(root / "enc", root / "search" / "architecture.json", root / "retrain", train_cfg)
