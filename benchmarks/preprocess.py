@@ -10,8 +10,10 @@ pre-split 8:1:1 TSV files, then runs, each in a fresh child process:
 * ``pandas``: the same steps in one pandas process (read, bucketize, OOV vocab, 325 cross vocabs,
   encode, write parquet).
 
-It prints seconds, rows/s and the peak RSS of the child's whole process tree (scheduler, nanny and
-worker processes included; sampled every 50 ms with psutil), and the pandas/dask time ratio.
+It prints wall seconds, rows/s, the CPU seconds and the peak RSS of the child's whole process tree
+(scheduler, nanny and worker processes included; sampled every 50 ms with psutil), the 1-minute load
+average when the run ended (other jobs on the machine stretch wall time, not CPU time), and the
+pandas/dask ratios of wall and CPU time.
 """
 
 from __future__ import annotations
@@ -203,7 +205,7 @@ def main() -> None:
             r, wall, peak, cpu_s = run_child(["--child", impl, "--files", json.dumps(files), "--out", str(out),
                                        "--workers", str(a.workers), "--blocksize", str(a.blocksize)])
             res[impl] = (wall, cpu_s)
-            note = f"{mb:.0f} MiB input"
+            note = f"{mb:.0f} MiB input, load {os.getloadavg()[0]:.1f}"
             if impl == "dask":
                 note += " jobs " + json.dumps(r["seconds"])
             print(f"{n:>9} {impl:>7} {wall:>8.1f} {n / wall:>9.0f} {cpu_s:>7.1f} {peak:>13.0f}  {note}", flush=True)

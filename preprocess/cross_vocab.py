@@ -80,14 +80,25 @@ def split_buckets(keys: np.ndarray, counts: np.ndarray, width: int,
     return keys[order], counts[order], np.bincount(b, minlength=n_buckets).astype(np.int64)
 
 
-def reduce_pair(parts: Iterable[tuple[np.ndarray, np.ndarray]], threshold: int) -> dict[str, Any]:
-    """Sum partition tables; kept keys (count >= threshold) in id order, their counts, #distinct."""
+def reduce_pair(parts: Iterable[tuple[np.ndarray, np.ndarray]], threshold: int,
+                key_range: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Sum partition tables; kept keys (count >= threshold) in id order, their counts, #distinct.
+
+    ``key_range=(lo, hi)``: every key lies in ``[lo, hi)``; when that range is small the sum is a
+    dense ``bincount`` instead of a hash group-by (same result).
+    """
     parts = [p for p in parts if len(p[0])]
     if not parts:
         return {"keys": np.zeros(0, np.int64), "counts": np.zeros(0, np.int64), "distinct": 0}
     keys = np.concatenate([p[0] for p in parts]).astype(np.int64, copy=False)
     counts = np.concatenate([p[1] for p in parts]).astype(np.int64, copy=False)
-    if len(parts) > 1:
+    if len(parts) > 1 and key_range is not None and key_range[1] - key_range[0] <= min(DENSE_LIMIT, 4 * len(keys)):
+        lo = key_range[0]
+        # float64 weights are exact for counts < 2**53
+        c = np.bincount(keys - lo, weights=counts, minlength=key_range[1] - lo)
+        nz = np.flatnonzero(c)
+        keys, counts = nz.astype(np.int64) + lo, c[nz].astype(np.int64)
+    elif len(parts) > 1:
         s = pd.Series(counts, copy=False).groupby(keys, sort=False).sum()
         keys, counts = s.index.to_numpy(dtype=np.int64), s.to_numpy(dtype=np.int64)
     distinct = len(keys)

@@ -266,11 +266,14 @@ def reduce_slots(group: list[tuple[int, int]], spec: dict[str, Any], thresholds:
     d = Path(spec["work"]) / "xcounts"
     blocks = sorted(p.name[:-5] for p in d.glob("b*.offs"))
     offs = [np.fromfile(d / f"{b}.offs", dtype=np.int64) for b in blocks]
+    bases = _slot_bases(spec["cross_buckets"])
     out = []
     for pi, slot in group:
         parts = [(_read_slice(d / f"{b}.keys", np.int64, o[slot], o[slot + 1]),
                   _read_slice(d / f"{b}.counts", np.int32, o[slot], o[slot + 1])) for b, o in zip(blocks, offs)]
-        r = reduce_pair(parts, thresholds[pi])
+        width = spec["cross_buckets"][pi][1]
+        lo = (slot - int(bases[pi])) * width
+        r = reduce_pair(parts, thresholds[pi], key_range=(lo, lo + width))
         del parts
         r["pair"], r["slot"] = pi, slot
         out.append(r)

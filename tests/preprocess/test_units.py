@@ -143,3 +143,52 @@ def test_plan_blocks_cover_file_on_line_boundaries(tmp_path) -> None:
         assert blocks[0][0] == 0 and blocks[-1][1] == len(data)
         assert all(b[1] == c[0] for b, c in zip(blocks, blocks[1:]))
         assert all(data[b[1] - 1:b[1]] == b"\n" for b in blocks)
+
+
+def test_bucketed_reduce_equals_whole_and_dense_equals_hash() -> None:
+    from preprocess.cross_vocab import bucket_width, merge_buckets, split_buckets
+
+    rng = np.random.default_rng(7)
+    va, vb = 300, 200
+    tables = []
+    for i in range(5):
+        a, b = np.minimum(rng.zipf(1.3, 4000), va - 1), np.minimum(rng.zipf(1.2, 4000), vb - 1)
+        tables.append(count_keys(pair_keys(a, b, vb), va * vb))
+    whole = reduce_pair(tables, 3)
+    recount = pd.Series(np.concatenate([np.repeat(k, c) for k, c in tables])).value_counts()
+    assert whole["distinct"] == len(recount)
+    assert sorted(zip(whole["keys"].tolist(), whole["counts"].tolist())) == \
+        sorted((int(k), int(c)) for k, c in recount.items() if c >= 3)
+    for n in (2, 7):
+        width = bucket_width(va * vb, n)
+        split = [split_buckets(k, c, width, n) for k, c in tables]
+        starts = [np.concatenate([[0], np.cumsum(sz)]) for _, _, sz in split]
+        per = []
+        for r in range(n):
+            parts = [(k[s[r]:s[r + 1]], c[s[r]:s[r + 1]]) for (k, c, _), s in zip(split, starts)]
+            assert all(((p[0] >= r * width) & (p[0] < (r + 1) * width)).all() for p in parts)
+            dense = reduce_pair(parts, 3, key_range=(r * width, (r + 1) * width))
+            hashed = reduce_pair(parts, 3)
+            for key in ("keys", "counts"):
+                np.testing.assert_array_equal(dense[key], hashed[key])
+            assert dense["distinct"] == hashed["distinct"]
+            per.append(dense)
+        merged = merge_buckets(per)
+        for key in ("keys", "counts"):
+            np.testing.assert_array_equal(merged[key], whole[key])
+        assert merged["distinct"] == whole["distinct"]
+
+
+def test_transform_pair_dense_and_hash_lookups_match_reference() -> None:
+    rng = np.random.default_rng(8)
+    va, vb = 2000, 60  # key space 120,000: all rows use the dense table, a few rows the hash lookup
+    a = np.minimum(rng.zipf(1.2, 60_000), va - 1)
+    b = np.minimum(rng.zipf(1.1, 60_000), vb - 1)
+    assert (a.max() + 1) * vb <= 2 * len(a)
+    cv = CrossVocab(threshold=2).fit({"a": a, "b": b}, {"a": va, "b": vb}, [("a", "b")])
+    expected = ref.cross_vocab(a, b, 2)
+    exp_ids = np.array([expected.get((x, y), 1) for x, y in zip(a.tolist(), b.tolist())])
+    np.testing.assert_array_equal(cv.transform_pair("a|b", a, b), exp_ids)            # dense
+    few = slice(0, 500)
+    assert (a[few].max() + 1) * vb > max(2 * 500, 1 << 16)
+    np.testing.assert_array_equal(cv.transform_pair("a|b", a[few], b[few]), exp_ids[few])  # hash
