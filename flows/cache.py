@@ -121,11 +121,11 @@ def code_fingerprint(stage: str) -> str:
     files: list[Path] = []
     for rel in STAGE_CODE.get(stage, ()):
         p = _PROJECT_ROOT / rel
-        if p.is_dir():
-            files += sorted(q for q in p.rglob("*.py") if "__pycache__" not in q.parts)
+        if p.is_dir():  # a folder: every module in it except those that cannot change the numbers
+            files += sorted(q for q in p.rglob("*.py") if "__pycache__" not in q.parts
+                            and q.relative_to(_PROJECT_ROOT).as_posix() not in _CODE_EXCLUDE)
         elif p.exists():
             files.append(p)
-    files = [f for f in files if f.relative_to(_PROJECT_ROOT).as_posix() not in _CODE_EXCLUDE]
     out = stable_hash([[f.relative_to(_PROJECT_ROOT).as_posix(), file_fingerprint(f)] for f in files])
     _CODE_HASHES[stage] = out
     return out

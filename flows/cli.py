@@ -27,6 +27,7 @@ def prepare_env(prefect_home: str) -> None:
     from optinter.tracking import apply_offline_env
 
     apply_offline_env(prefect_home)
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect creates one level only
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "optinter,preprocess,flows")
     # the first start of an ephemeral API migrates a fresh SQLite database: slow on small machines
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -79,6 +80,8 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--artifact-root", help="folder or fsspec URL of stage outputs "
                                            "(default: $OPTINTER_ARTIFACT_ROOT or ./artifacts)")
     g.add_argument("--experiment", default="optinter", help="MLflow experiment name")
+    g.add_argument("--compare", type=_kv_json, action="append", default=[], metavar="KEY=VALUE",
+                   help="CompareConfig setting of the compare stage, e.g. models=lr,fm seeds=2 (repeatable)")
 
 
 def flow_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,7 +95,7 @@ def flow_params(args: argparse.Namespace) -> dict[str, Any]:
         oov_threshold=args.oov_threshold, cross_threshold=args.cross_threshold, overrides=args.overrides or None,
         baselines=baselines, seed=args.seed, artifact_root=args.artifact_root,
         force=[f for group in args.force for f in group] or None, from_run=args.from_run, stages=args.stages,
-        experiment=args.experiment, quickstart=args.quickstart)
+        experiment=args.experiment, quickstart=args.quickstart, compare=dict(args.compare) or None)
 
 
 def render_summary(summary: dict[str, Any]) -> str:

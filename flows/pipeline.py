@@ -102,6 +102,7 @@ def optinter_flow(
     stages: list[str] | None = None,
     experiment: str = "optinter",
     quickstart: bool = True,
+    compare: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline (or the ``stages`` asked for and what they need); returns ``steps.summarize``.
 
@@ -123,12 +124,14 @@ def optinter_flow(
         stages: what to compute (default: retrain, baselines, evaluate, analyze).
         experiment: MLflow experiment name.
         quickstart: small default model / data sizes for the synthetic dataset.
+        compare: ``CompareConfig`` settings of the ``compare`` stage (models, seeds, tables...).
     """
     logger = get_run_logger()
     params = dict(dataset=dataset, raw=raw, train_path=train_path, valid_path=valid_path, test_path=test_path,
                   synth=synth, preprocess=preprocess, oov_threshold=oov_threshold, cross_threshold=cross_threshold,
                   overrides=overrides, baselines=baselines, seed=seed, artifact_root=artifact_root, force=force,
-                  from_run=from_run, stages=stages, experiment=experiment, quickstart=quickstart)
+                  from_run=from_run, stages=stages, experiment=experiment, quickstart=quickstart,
+                  compare=compare)
     try:
         spec = validate(params)
     except Exception as e:

@@ -21,10 +21,12 @@ TABLE_COLUMNS = ("model", "valid_auc", "test_auc", "test_logloss", "params", "n_
                  "n_naive", "epochs", "seconds")
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, column: str = "") -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
+        if column.endswith("seconds") or column.endswith("_per_s"):
+            return f"{v:.1f}"
         return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.0f}"
     return str(v)
 
@@ -32,7 +34,7 @@ def _fmt(v: Any) -> str:
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
     """A Markdown table of ``rows`` (missing values as ``-``)."""
     cols = [c for c in columns if any(c in r for r in rows)]
-    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    cells = [[_fmt(r.get(c), c) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
     out = [line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]

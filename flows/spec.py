@@ -83,6 +83,7 @@ class PipelineSpec:
     targets: list[str] = field(default_factory=lambda: list(FULL_PIPELINE))
     experiment: str = "optinter"
     tracking_uri: str = ""
+    compare: dict[str, Any] | None = None
     needed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -196,6 +197,7 @@ def resolve_spec(
     experiment: str = "optinter",
     tracking_uri: str | None = None,
     quickstart: bool = True,
+    compare: Mapping[str, Any] | None = None,
 ) -> PipelineSpec:
     """Check every parameter and return the :class:`PipelineSpec`; raises :class:`SpecError`.
 
@@ -312,7 +314,7 @@ def resolve_spec(
         baselines=baselines, seed=int(seed), artifact_root=str(artifact_root or os.environ.get(
             ARTIFACT_ROOT_ENV, DEFAULT_ARTIFACT_ROOT)),
         force=force, from_run=from_run, targets=targets, experiment=experiment,
-        tracking_uri=tracking_uri or default_tracking_uri(),
+        tracking_uri=tracking_uri or default_tracking_uri(), compare=dict(compare) if compare else None,
     )
     spec.needed = needed_stages(targets, synth_cfg is not None, bool(baselines))
     if not spec.needed:
@@ -328,6 +330,25 @@ def resolve_spec(
             spec.run_config(scope, model)
         except ValueError as e:
             raise SpecError(f"parameter 'overrides' ({scope}/{model}): {e}") from None
+    if compare and "compare" not in spec.needed:
+        raise SpecError("parameter 'compare' is only used with stage 'compare' (stages=['compare'])")
+    if "compare" in spec.needed:
+        import dataclasses as _dc
+
+        from optinter.experiments import CompareConfig
+
+        allowed = sorted(f.name for f in _dc.fields(CompareConfig))
+        unknown = sorted(set(compare or {}) - set(allowed))
+        if unknown:
+            raise SpecError(f"parameter 'compare': unknown keys {unknown}; allowed: {allowed}")
+        try:
+            cc = CompareConfig(**dict(compare or {}))
+            cc.validate()
+        except (TypeError, ValueError) as e:
+            raise SpecError(f"parameter 'compare': {e}") from None
+        for m in cc.models:
+            if m not in known:
+                raise SpecError(f"parameter 'compare': unknown model {m!r}; known models: {', '.join(known)}")
     if ("search" in spec.needed or "retrain" in spec.needed) and SEARCH_MODEL not in known:
         raise SpecError(f"model {SEARCH_MODEL!r} is not registered (known: {', '.join(known)})")
     return spec

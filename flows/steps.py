@@ -453,7 +453,8 @@ def step_analyze(ctx: Context, data: StageRecord, search: StageRecord | None, sy
     metrics = [r.path / METRICS_FILE for r in trained if (r.path / METRICS_FILE).exists()]
     inputs = {"upstream": {"preprocess": data.key, **({"search": search.key} if search else {})}, "arch": ah,
               "truth": file_fingerprint(truth) if truth else None,
-              "metrics": [file_fingerprint(p) for p in metrics]}
+              # the trained stages' keys, not their metrics.json bytes (timings differ between reruns)
+              "trained": {r.name: r.key for r in trained if (r.path / METRICS_FILE).exists()}}
 
     def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
         from optinter.analysis import run_analyze
@@ -466,17 +467,36 @@ def step_analyze(ctx: Context, data: StageRecord, search: StageRecord | None, sy
                    tags={tr.TAG_DATA_HASH: data.key, tr.TAG_ARCH_HASH: ah}, reuse=ctx.reused.get("analyze"))
 
 
-def step_compare(ctx: Context, data: StageRecord) -> StageRecord:
-    """The paper's comparison tables / figures (``optinter.experiments.run_compare``)."""
-    from optinter.experiments import CompareConfig, run_compare
+def compare_config(ctx: Context) -> Any:
+    """The ``CompareConfig``: the ``compare`` parameter, the run's overrides, a cache kept across runs."""
+    from optinter.experiments import CompareConfig
 
-    cfg = CompareConfig()
+    from .spec import scoped_overrides
+
+    kw = dict(ctx.spec.compare or {})
+    kw.setdefault("overrides", tuple(scoped_overrides(ctx.spec.overrides, "compare", "")))
+    kw.setdefault("dataset", ctx.spec.dataset_name)
+    kw.setdefault("cache_dir", str(ctx.store.work_dir / "compare" / "_jobs_cache"))
+    cc = CompareConfig(**kw)
+    cc.validate()
+    return cc
+
+
+def step_compare(ctx: Context, data: StageRecord) -> StageRecord:
+    """The paper's comparison tables / figures (``optinter.experiments.run_compare``); one nested
+    MLflow run per trained job under the compare stage's run."""
+    import dataclasses
+
+    cc = compare_config(ctx)
+    settings = {k: v for k, v in dataclasses.asdict(cc).items() if k not in ("cache_dir", "keep_models")}
 
     def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
-        return run_compare(data.path, out, cfg, tracker=t)
+        from optinter.experiments import run_compare
 
-    return execute(ctx, "compare", {"upstream": {"preprocess": data.key}, "config": stable_hash(cfg)}, compute,
-                   tags={tr.TAG_DATA_HASH: data.key})
+        return run_compare(data.path, out, cc, tracker=t)
+
+    return execute(ctx, "compare", {"upstream": {"preprocess": data.key}, "config": settings}, compute,
+                   params={f"compare.{k}": v for k, v in settings.items()}, tags={tr.TAG_DATA_HASH: data.key})
 
 
 # ---- whole pipeline (plain, in order; the Prefect flow mirrors it task by task) ----------------------------

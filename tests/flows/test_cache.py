@@ -167,3 +167,28 @@ def test_load_reference_errors(tmp_path):
     store = ArtifactStore(tmp_path)
     with pytest.raises(ValueError, match="not a finished optinter stage folder"):
         store.load(tmp_path / "nothing")
+
+
+def test_code_fingerprint_changes_with_the_stage_code(tmp_path, monkeypatch):
+    import flows.cache as cache
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "analysis.py").write_text("y = 1\n")
+    monkeypatch.setattr(cache, "_PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(cache, "STAGE_CODE", {"train": ("pkg",), "analyze": ("pkg/analysis.py",)})
+    monkeypatch.setattr(cache, "_CODE_EXCLUDE", ("pkg/analysis.py",))
+    monkeypatch.setattr(cache, "_CODE_HASHES", {})
+    monkeypatch.delenv("OPTINTER_CACHE_IGNORE_CODE", raising=False)
+    k_train, k_an = stage_key("train", {"m": 1}), stage_key("analyze", {"m": 1})
+    (tmp_path / "pkg" / "analysis.py").write_text("y = 22\n")  # only analysis changes
+    monkeypatch.setattr(cache, "_CODE_HASHES", {})
+    assert stage_key("train", {"m": 1}) == k_train and stage_key("analyze", {"m": 1}) != k_an
+    (tmp_path / "pkg" / "a.py").write_text("x = 22\n")
+    monkeypatch.setattr(cache, "_CODE_HASHES", {})
+    assert stage_key("train", {"m": 1}) != k_train
+    monkeypatch.setenv("OPTINTER_CACHE_IGNORE_CODE", "1")
+    k_ignored = stage_key("train", {"m": 1})
+    (tmp_path / "pkg" / "a.py").write_text("x = 333\n")
+    monkeypatch.setattr(cache, "_CODE_HASHES", {})
+    assert stage_key("train", {"m": 1}) == k_ignored

@@ -27,6 +27,9 @@ def env(tmp_path_factory, prefect_harness):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.setenv("OPTINTER_WORK_DIR", str(root / "work"))
+        # other people edit the code while these tests run: keys must not change under our feet
+        # (code fingerprints are tested in test_cache.py)
+        mp.setenv("OPTINTER_CACHE_IGNORE_CODE", "1")
         yield {"root": root, "artifacts": root / "artifacts", "uri": uri}
 
 
@@ -262,28 +265,37 @@ def test_bad_input_fails_the_flow_before_any_stage(env, tmp_path):
     assert any("bad parameters: parameter 'baselines': unknown model 'nosuchmodel'" in m for m in errors), errors
 
 
-def test_cli_run_prints_results_table_and_ui_command(two_runs, env, capsys):
-    from flows.cli import main
+def test_cli_run_in_a_fresh_process(two_runs, env, tmp_path):
+    """``optinter run`` as users run it: its own ephemeral Prefect API under ./.optinter/prefect and
+    MLflow in ./mlflow.db; the stages are reused from the artifact root of the first run, so the
+    table must show the first run's numbers."""
+    import subprocess
+    import sys
 
     first, _, _ = two_runs
-    args = ["run", "--artifact-root", str(env["artifacts"]), "--baselines", "lr,fm"]
+    args = [str(Path(sys.executable).parent / "optinter"), "run", "--artifact-root", str(env["artifacts"]),
+            "--baselines", "lr,fm"]
     for k, v in tiny_params(env["artifacts"])["synth"].items():
         args += ["--synth", f"{k}={json.dumps(v)}"]
     for o in TINY_OVERRIDES:
         args += ["--set", o]
     for k, v in tiny_params(env["artifacts"])["preprocess"].items():
         args += ["--preprocess", f"{k}={json.dumps(v)}"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert f"mlflow ui --backend-store-uri {env['uri']}" in out
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    r = subprocess.run(args, cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "Traceback" not in r.stderr and "| ERROR" not in r.stderr, r.stderr[-4000:]
+    out = r.stdout
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in out
+    assert (tmp_path / "mlflow.db").exists() and (tmp_path / ".optinter" / "prefect").is_dir()
     table = [line for line in out.splitlines() if line.startswith("| ")]
-    assert table[0].split("|")[1].strip() == "model"
+    header = [c.strip() for c in table[0].split("|")]
+    assert header[1] == "model" and "test_auc" in header
+    col = header.index("test_auc")
     assert [line.split("|")[1].strip() for line in table[1:]] == [r["model"] for r in first["results"]]
-    test_col = table[0].split("|").index(" test_auc ") if " test_auc " in table[0].split("|") else None
-    assert test_col is not None
-    assert [float(line.split("|")[test_col]) for line in table[1:]] == [
+    assert [float(line.split("|")[col]) for line in table[1:]] == [
         pytest.approx(r["test_auc"], abs=5e-5) for r in first["results"]]
-    assert out.count("reused") == len(first["stages"])  # every stage reused: same settings as the first run
+    assert out.count("reused") == len(first["stages"]), out  # same settings as the first run: nothing recomputed
 
 
 def test_cli_run_bad_input_exits_2_with_message(capsys):
@@ -292,3 +304,19 @@ def test_cli_run_bad_input_exits_2_with_message(capsys):
     assert main(["run", "--dataset", "nosuchdata"]) == 2
     err = capsys.readouterr().err
     assert "optinter run: error: parameter 'dataset': unknown dataset 'nosuchdata'" in err
+
+
+def test_compare_stage_nests_one_run_per_trained_job(two_runs, env):
+    from flows.pipeline import optinter_flow
+
+    first, _, _ = two_runs
+    out = optinter_flow(**tiny_params(env["artifacts"], stages=["compare"],
+                                      compare={"models": ["lr"], "seeds": 1, "tables": ["V"]}))
+    assert set(out["stages"]) == {"synth", "preprocess", "compare"}
+    assert out["stages"]["preprocess"]["cached"] and not out["stages"]["compare"]["cached"]
+    assert (Path(out["stages"]["compare"]["local_dir"]) / "table_V.csv").exists()
+    jobs = _children(env, out["stages"]["compare"]["run_id"])
+    assert list(jobs) == ["lr/seed0"]
+    # same model, data, settings and seed as the pipeline's lr baseline: the same test AUC
+    lr = next(r for r in first["results"] if r["model"] == "lr")
+    assert jobs["lr/seed0"].data.metrics["test_auc"] == pytest.approx(lr["test_auc"], abs=1e-9)
