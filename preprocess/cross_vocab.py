@@ -13,7 +13,7 @@ keys of the ranges are merged (:func:`merge_buckets`), so the memory of one redu
 the size of one range, not by the number of rows.
 
 Ids are looked up (:meth:`CrossVocab.transform_pair`) through a dense ``key → id`` table when the key
-space is no larger than the rows to encode, else through an Arrow hash lookup built per call; the
+space is small next to the rows to encode (:data:`DENSE_LOOKUP_FACTOR`), else through an Arrow hash lookup built per call; the
 vocabulary itself stays two flat arrays per pair (no cached hash tables), so a worker's memory holds
 the model, not a multiple of it.
 """
@@ -34,6 +34,9 @@ from preprocess.feature_map import FIRST_ID, OOV_ID, pair_column
 assert OOV_ID == FIRST_ID - 1
 
 DENSE_LIMIT = 1 << 21
+#: :meth:`CrossVocab.transform_pair` looks keys up in a dense table when the key space is at most this
+#: many times the rows (or 65,536): filling a table is cheaper than hashing that many rows.
+DENSE_LOOKUP_FACTOR = 16
 
 
 def pair_keys(a_ids: np.ndarray, b_ids: np.ndarray, vocab_b: int) -> np.ndarray:
@@ -178,7 +181,7 @@ class CrossVocab:
         vocab_b = self.vocab_b_[name]
         n = len(a_ids)
         space = (int(np.max(a_ids)) + 1) * vocab_b if n else 0
-        if n and space <= max(2 * n, 1 << 16):
+        if n and space <= max(DENSE_LOOKUP_FACTOR * n, 1 << 16):
             # dense table over the key space actually used: key -> id, unknown -> OOV_ID
             table = np.full(space, OOV_ID, dtype=np.int32)
             ok = keys < space

@@ -183,7 +183,10 @@ def _load_minmax(path: str) -> MinMaxScaler:
 
 @functools.lru_cache(maxsize=2)
 def _load_cross(path: str) -> CrossVocab:
-    return CrossVocab.load(path)
+    """The cross vocabulary as encoding needs it: kept keys only (the counts are dropped)."""
+    cv = CrossVocab.load(path)
+    cv.counts_ = {}
+    return cv
 
 
 def plan_cross_buckets(spec: dict[str, Any], oov: OOVThresholder,
@@ -317,6 +320,7 @@ def encode_pairs_part(item: tuple[str, int, int], spec: dict[str, Any]) -> dict[
     sname, idx, k = item
     work = Path(spec["work"])
     t = feather.read_table(work / "enc" / sname / f"b{idx:05d}.arrow", memory_map=True)
+    ids: dict[str, np.ndarray] = {}
     if spec["pairs"]:
         cv = _load_cross(str(work / "cross"))
         ids = {f: t[f].to_numpy() for f in spec["cross_fields"]}
@@ -324,7 +328,10 @@ def encode_pairs_part(item: tuple[str, int, int], spec: dict[str, Any]) -> dict[
             name = pair_column(a, b)
             t = t.append_column(name, pa.array(cv.transform_pair(name, ids[a], ids[b])))
     pq.write_table(t, Path(spec["tmp_out"]) / sname / f"part-{k:05d}.parquet", compression="snappy")
-    return {"rows": t.num_rows}
+    n = t.num_rows
+    del t, ids
+    pa.default_memory_pool().release_unused()  # hand the part's buffers back to the OS between tasks
+    return {"rows": n}
 
 
 def encode_pairs(client: Any, spec: dict[str, Any], parts: list[tuple[str, int, int]]) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 import pp_reference as ref
 from preprocess import jobs
+from preprocess.cross_vocab import DENSE_LOOKUP_FACTOR
 from preprocess.feature_map import FeatureMap
 from preprocess.pipeline import PreprocessConfig, run_preprocess
 
@@ -60,7 +61,8 @@ def test_bench_shaped_ids_match_pandas_and_bucketing(bench_files, tmp_path, sche
     # dense lookups (small key space) and hash lookups (key space larger than the rows) both occur
     checked = [("C3", "C4"), ("C3", "C12"), ("C4", "C16"), ("C1", "C9"), ("C9", "C20"), ("C1", "C12")]
     spaces = [vocab[x] * vocab[y] for x, y in checked]
-    assert min(spaces) <= 2 * min(n_rows.values()) and max(spaces) > max(2 * max(n_rows.values()), 1 << 16)
+    small = min(n_rows.values())  # valid / test: one partition each
+    assert min(spaces) <= DENSE_LOOKUP_FACTOR * small and max(spaces) > max(DENSE_LOOKUP_FACTOR * small, 1 << 16)
     for x, y in checked:
         cv = ref.cross_vocab(ids["train"][x], ids["train"][y], THRESHOLD)
         p = next(q for q in fm.pairs if q.name == f"{x}|{y}")

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 import pp_reference as ref
-from preprocess.cross_vocab import CrossVocab, count_keys, pair_keys, reduce_pair
+from preprocess.cross_vocab import DENSE_LOOKUP_FACTOR, CrossVocab, count_keys, pair_keys, reduce_pair
 from preprocess.errors import BAD_COLUMN_COUNT, BAD_LABEL, BAD_NUMBER
 from preprocess.io import parse_block, plan_blocks
 from preprocess.minmax import MinMaxScaler, bucketize
@@ -184,11 +184,11 @@ def test_transform_pair_dense_and_hash_lookups_match_reference() -> None:
     va, vb = 2000, 60  # key space 120,000: all rows use the dense table, a few rows the hash lookup
     a = np.minimum(rng.zipf(1.2, 60_000), va - 1)
     b = np.minimum(rng.zipf(1.1, 60_000), vb - 1)
-    assert (a.max() + 1) * vb <= 2 * len(a)
+    assert (a.max() + 1) * vb <= DENSE_LOOKUP_FACTOR * len(a)
     cv = CrossVocab(threshold=2).fit({"a": a, "b": b}, {"a": va, "b": vb}, [("a", "b")])
     expected = ref.cross_vocab(a, b, 2)
     exp_ids = np.array([expected.get((x, y), 1) for x, y in zip(a.tolist(), b.tolist())])
     np.testing.assert_array_equal(cv.transform_pair("a|b", a, b), exp_ids)            # dense
     few = slice(0, 500)
-    assert (a[few].max() + 1) * vb > max(2 * 500, 1 << 16)
+    assert (a[few].max() + 1) * vb > max(DENSE_LOOKUP_FACTOR * 500, 1 << 16)
     np.testing.assert_array_equal(cv.transform_pair("a|b", a[few], b[few]), exp_ids[few])  # hash
