@@ -16,26 +16,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from typing import Sequence
 
 # Sub-command providers: each module exposes ``register(subparsers)``; each subparser sets
 # ``func(args) -> int | None`` as its default.
 _PROVIDERS = ("preprocess.cli", "optinter.cli_train", "optinter.cli_analysis", "flows.cli")
-
-# Nothing in this project calls home: set the offline switches unless the user chose otherwise.
-OFFLINE_ENV = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-}
-
-
-def set_offline_env() -> None:
-    for k, v in OFFLINE_ENV.items():
-        os.environ.setdefault(k, v)
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -64,7 +50,10 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    set_offline_env()
+    # Nothing in this project calls home: set the offline switches unless the user chose otherwise.
+    from optinter.tracking import apply_offline_env
+
+    apply_offline_env()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
