@@ -37,6 +37,7 @@ class ModelConfig:
     # AutoFIS / GRDA
     grda_mu: float = 0.8
     grda_c: float = 5e-4
+    grda_lr: float = 1.0  # GRDA learning rate of the AutoFIS gates (1.0 in the AutoFIS code)
 
     def validate(self) -> None:
         if self.embed_dim <= 0 or self.cross_embed_dim <= 0:

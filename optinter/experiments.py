@@ -529,7 +529,7 @@ class _ChildRuns:
             return self._factory(name, tags)
         if self._mlflow is not None:
             tracking, exp, uri = self._mlflow
-            run_id = tracking.start_run(exp, name, {**tags, "optinter.stage": "compare-job"},
+            run_id = tracking.start_run(exp, name, {**tags, tracking.TAG_STAGE: "compare-job"},
                                         parent_run_id=self._parent, tracking_uri=uri)
             return tracking.MlflowTracker(run_id, tracking_uri=uri)
         return None

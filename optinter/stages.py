@@ -162,7 +162,11 @@ def _save_model(path: Path, name: str, model: CTRModel, cfg: RunConfig, fmap: Fe
 
 
 def _finish(tr: Tracker, out: Path, metrics: dict[str, Any]) -> None:
-    tr.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    # Logged at the last epoch's step (and later in time), so MLflow's "latest value" of a key that
+    # also has a per-epoch history (valid_auc, samples_per_s) is the final, selected-model figure.
+    step = int(metrics.get("epochs") or 0)
+    tr.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                   step=step)
     for f in sorted(out.iterdir()):
         if f.suffix == ".json":
             tr.log_artifact(f)

@@ -52,7 +52,6 @@ ALPHA_INIT = 0.6  # AutoFIS's weight_base
 ALPHA_INIT_RADIUS = 1e-3
 BN_MOMENTUM = 0.01  # torch convention (TensorFlow's decay 0.99)
 BN_EPS = 1e-3
-GRDA_LR_DEFAULT = 1.0  # AutoFIS code: learning_rate2 = 1.0 for α in the search stage
 
 
 class GatedInnerProducts(nn.Module):
@@ -119,7 +118,7 @@ class AutoFISSearch(AutoFISBase):
 
     def __init__(self, feature_map: FeatureMap, cfg: ModelConfig) -> None:
         super().__init__(feature_map, cfg, range(feature_map.num_pairs))
-        self.grda_lr = float(getattr(cfg, "grda_lr", GRDA_LR_DEFAULT))
+        self.grda_lr = float(cfg.grda_lr)
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.gates.alpha]
