@@ -79,15 +79,17 @@ def _sparse_params(model: nn.Module) -> set[int]:
 def make_optimizers(model: CTRModel, tcfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
     """``{"model": Adam, "sparse": LazyAdam, "arch": model.make_arch_optimizer(...)}``.
 
-    Parameter groups follow Table IV: ``orig`` (lr_o, l2_o) and ``cross`` (lr_c, l2_c); groups
-    other than ``orig``/``cross``/``arch`` get the ``orig`` settings. L2 is coupled weight decay.
+    Parameter groups follow Table IV: ``orig`` (lr_o, l2_o) and ``cross`` (lr_c, l2_c); ``first``
+    (an optional first-order term: lr_first, or lr_o when 0; l2_o); other groups
+    than ``orig``/``cross``/``first``/``arch`` get the ``orig`` settings. L2 is coupled weight decay.
     Embedding tables with ``sparse=True`` (cross-product tables, ``model.sparse_cross``) go to
     :class:`LazyAdam` with the same per-group settings. ``sparse`` and ``arch`` are present only
     when needed (``arch``: search models).
     """
     groups = model.named_param_groups()
     sparse_ids = _sparse_params(model)
-    settings = {"orig": (tcfg.lr_o, tcfg.l2_o), "cross": (tcfg.lr_c, tcfg.l2_c)}
+    settings = {"orig": (tcfg.lr_o, tcfg.l2_o), "cross": (tcfg.lr_c, tcfg.l2_c),
+                "first": (tcfg.lr_first or tcfg.lr_o, tcfg.l2_o)}
     dense_groups, sparse_groups = [], []
     for name, params in groups.items():
         if name == "arch" or not params:
@@ -117,19 +119,67 @@ def tau_at(mcfg: ModelConfig, progress: float) -> float:
     return float(mcfg.tau_start * (mcfg.tau_end / mcfg.tau_start) ** p)
 
 
+class EmbeddingPenalty:
+    """L2 on the embedding rows *looked up* in the training batch (the authors' code; Table IV
+    l2 of the embeddings, applied lazily, so rare values are not shrunk on steps that never see
+    them): ``Σ_tables coef · Σ_{b, k} ‖e_{b,k}‖² / B`` over every ``nn.Embedding`` output of the
+    forward pass, ``coef = train.emb_l2_c`` for tables of the ``"cross"`` parameter group and
+    ``train.emb_l2_o`` for the others (original-feature embeddings, first-order weights).
+
+    Implemented with forward hooks, so it works for every model without model code; outputs are
+    recorded only in training mode with gradients enabled. ``pop()`` returns the penalty of the
+    forward passes since the last call (None when nothing was recorded or both coefficients are 0).
+    """
+
+    def __init__(self, model: nn.Module, tcfg: TrainConfig) -> None:
+        self._terms: list[torch.Tensor] = []
+        self._handles: list[Any] = []
+        if not (tcfg.emb_l2_o or tcfg.emb_l2_c):
+            return
+        groups = model.named_param_groups() if hasattr(model, "named_param_groups") else {}
+        cross = {id(p) for p in groups.get("cross", [])}
+        for m in model.modules():
+            if isinstance(m, nn.Embedding):
+                coef = tcfg.emb_l2_c if id(m.weight) in cross else tcfg.emb_l2_o
+                if coef > 0:
+                    self._handles.append(m.register_forward_hook(self._hook(coef)))
+
+    def _hook(self, coef: float) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            if module.training and torch.is_grad_enabled():
+                rows = output.shape[0] if output.ndim > 1 else 1
+                self._terms.append(coef * output.float().pow(2).sum() / rows)
+        return hook
+
+    def pop(self) -> torch.Tensor | None:
+        terms, self._terms = self._terms, []
+        return torch.stack(terms).sum() if terms else None
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._terms = []
+
+
 def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
 # ---- steps -----------------------------------------------------------------------------------------
-def batch_loss(model: CTRModel, batch: Batch, amp: bool = False) -> torch.Tensor:
-    """Mean BCE-with-logits (eq. 13) plus the model's regularization term."""
+def batch_loss(model: CTRModel, batch: Batch, amp: bool = False,
+               penalty: EmbeddingPenalty | None = None) -> torch.Tensor:
+    """Mean BCE-with-logits (eq. 13) plus the model's regularization term (and the looked-up
+    embedding L2 of ``penalty``, when given)."""
     device = batch.label.device
     with _autocast(device, amp):
         logits = model(batch)
     loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.label)
     reg = model.regularization()
-    return loss + reg if reg is not None else loss
+    if reg is not None:
+        loss = loss + reg
+    pen = penalty.pop() if penalty is not None else None
+    return loss + pen if pen is not None else loss
 
 
 def _zero(optimizers: dict[str, torch.optim.Optimizer]) -> None:
@@ -138,11 +188,12 @@ def _zero(optimizers: dict[str, torch.optim.Optimizer]) -> None:
 
 
 def train_step(
-    model: CTRModel, batch: Batch, optimizers: dict[str, torch.optim.Optimizer], amp: bool = False
+    model: CTRModel, batch: Batch, optimizers: dict[str, torch.optim.Optimizer], amp: bool = False,
+    penalty: EmbeddingPenalty | None = None,
 ) -> float:
     """One joint update (Algorithm 1 lines 3–6): one loss, Θ and α (if any) stepped together."""
     _zero(optimizers)
-    loss = batch_loss(model, batch, amp)
+    loss = batch_loss(model, batch, amp, penalty)
     loss.backward()
     for opt in optimizers.values():
         opt.step()
@@ -155,16 +206,17 @@ def bilevel_step(
     valid_batch: Batch,
     optimizers: dict[str, torch.optim.Optimizer],
     amp: bool = False,
+    penalty: EmbeddingPenalty | None = None,
 ) -> float:
     """Alternating (first-order DARTS) update: Θ on the train batch, then α on a validation batch."""
     _zero(optimizers)
-    loss = batch_loss(model, batch, amp)
+    loss = batch_loss(model, batch, amp, penalty)
     loss.backward()
     for k, opt in optimizers.items():
         if k != "arch":
             opt.step()
     _zero(optimizers)
-    batch_loss(model, valid_batch, amp).backward()
+    batch_loss(model, valid_batch, amp, penalty).backward()
     optimizers["arch"].step()
     return float(loss.detach())
 
@@ -289,6 +341,7 @@ def fit(
     tr = as_tracker(tracker)
     model.to(device)
     optimizers = make_optimizers(model, tcfg)
+    penalty = EmbeddingPenalty(model, tcfg)
     search = model.is_search_model
     if bilevel_data is not None and "arch" not in optimizers:
         raise ValueError("bi-level training needs a search model with architecture parameters")
@@ -327,90 +380,92 @@ def fit(
             if ck.get("stopped"):
                 start_epoch = n_epochs
 
-    for epoch in range(start_epoch, n_epochs):
-        bilevel_iter = _cycle(bilevel_data, epoch) if bilevel_data is not None else None
-        if hasattr(train_data, "set_epoch"):
-            train_data.set_epoch(epoch)
-        model.train()
-        t0 = time.perf_counter()
-        last_log = t0
-        loss_sum, n_seen, n_steps = 0.0, 0, 0
-        tau = None
-        for batch in train_data:
-            if tcfg.max_steps_per_epoch and n_steps >= tcfg.max_steps_per_epoch:
-                break
+    try:
+        for epoch in range(start_epoch, n_epochs):
+            bilevel_iter = _cycle(bilevel_data, epoch) if bilevel_data is not None else None
+            if hasattr(train_data, "set_epoch"):
+                train_data.set_epoch(epoch)
+            model.train()
+            t0 = time.perf_counter()
+            last_log = t0
+            loss_sum, n_seen, n_steps = 0.0, 0, 0
+            tau = None
+            for batch in train_data:
+                if tcfg.max_steps_per_epoch and n_steps >= tcfg.max_steps_per_epoch:
+                    break
+                if search:
+                    tau = tau_at(cfg.model, step / total_steps)
+                    model.set_temperature(tau)
+                batch = batch.to(device, non_blocking=True)
+                if bilevel_iter is not None:
+                    loss = bilevel_step(model, batch, next(bilevel_iter).to(device), optimizers, tcfg.amp, penalty)
+                else:
+                    loss = train_step(model, batch, optimizers, tcfg.amp, penalty)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"{metric_prefix}training loss is {loss} at epoch {epoch + 1}, step {n_steps}")
+                loss_sum += loss * len(batch)
+                n_seen += len(batch)
+                n_steps += 1
+                step += 1
+                now = time.perf_counter()
+                if now - last_log > 30:
+                    log.info("%sepoch %d: %d/%d steps, loss %.5f, %.0f samples/s", metric_prefix, epoch + 1,
+                             n_steps, steps_per_epoch, loss_sum / n_seen, n_seen / (now - t0))
+                    last_log = now
+            train_secs = time.perf_counter() - t0
             if search:
-                tau = tau_at(cfg.model, step / total_steps)
-                model.set_temperature(tau)
-            batch = batch.to(device, non_blocking=True)
-            if bilevel_iter is not None:
-                loss = bilevel_step(model, batch, next(bilevel_iter).to(device), optimizers, tcfg.amp)
+                model.set_temperature(tau_at(cfg.model, step / total_steps))
+            ev = evaluate(model, valid_data, device, tcfg.amp)
+            rec = EpochRecord(
+                epoch=epoch + 1,
+                train_loss=loss_sum / max(n_seen, 1),
+                valid_auc=ev["auc"],
+                valid_logloss=ev["logloss"],
+                seconds=train_secs,
+                samples=n_seen,
+                samples_per_s=n_seen / train_secs if train_secs > 0 else 0.0,
+                tau=tau,
+            )
+            history.append(rec)
+            log.info(
+                "%sepoch %d/%d: loss %.5f, valid AUC %.5f, valid logloss %.5f, %.0f samples/s%s",
+                metric_prefix, epoch + 1, n_epochs, rec.train_loss, rec.valid_auc, rec.valid_logloss,
+                rec.samples_per_s, "" if tau is None else f", tau {tau:.4f}",
+            )
+            metrics = {"train_loss": rec.train_loss, "valid_auc": rec.valid_auc, "valid_logloss": rec.valid_logloss,
+                       "samples_per_s": rec.samples_per_s}
+            if tau is not None:
+                metrics["tau"] = tau
+            tr.log_metrics({metric_prefix + k: v for k, v in metrics.items()}, step=epoch + 1)
+
+            improved = rec.valid_auc > best["auc"] or best["epoch"] < 0
+            if improved:
+                best = {"epoch": epoch + 1, "auc": rec.valid_auc, "logloss": rec.valid_logloss}
+                bad_epochs = 0
+                best_state = {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v)
+                              for k, v in model.state_dict().items()}
+                if best_path is not None:
+                    save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch + 1, "fingerprint": fingerprint})
             else:
-                loss = train_step(model, batch, optimizers, tcfg.amp)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"{metric_prefix}training loss is {loss} at epoch {epoch + 1}, step {n_steps}")
-            loss_sum += loss * len(batch)
-            n_seen += len(batch)
-            n_steps += 1
-            step += 1
-            now = time.perf_counter()
-            if now - last_log > 30:
-                log.info("%sepoch %d: %d/%d steps, loss %.5f, %.0f samples/s", metric_prefix, epoch + 1,
-                         n_steps, steps_per_epoch, loss_sum / n_seen, n_seen / (now - t0))
-                last_log = now
-        train_secs = time.perf_counter() - t0
-        if search:
-            model.set_temperature(tau_at(cfg.model, step / total_steps))
-        ev = evaluate(model, valid_data, device, tcfg.amp)
-        rec = EpochRecord(
-            epoch=epoch + 1,
-            train_loss=loss_sum / max(n_seen, 1),
-            valid_auc=ev["auc"],
-            valid_logloss=ev["logloss"],
-            seconds=train_secs,
-            samples=n_seen,
-            samples_per_s=n_seen / train_secs if train_secs > 0 else 0.0,
-            tau=tau,
-        )
-        history.append(rec)
-        log.info(
-            "%sepoch %d/%d: loss %.5f, valid AUC %.5f, valid logloss %.5f, %.0f samples/s%s",
-            metric_prefix, epoch + 1, n_epochs, rec.train_loss, rec.valid_auc, rec.valid_logloss,
-            rec.samples_per_s, "" if tau is None else f", tau {tau:.4f}",
-        )
-        metrics = {"train_loss": rec.train_loss, "valid_auc": rec.valid_auc, "valid_logloss": rec.valid_logloss,
-                   "samples_per_s": rec.samples_per_s}
-        if tau is not None:
-            metrics["tau"] = tau
-        tr.log_metrics({metric_prefix + k: v for k, v in metrics.items()}, step=epoch + 1)
-
-        improved = rec.valid_auc > best["auc"] or best["epoch"] < 0
-        if improved:
-            best = {"epoch": epoch + 1, "auc": rec.valid_auc, "logloss": rec.valid_logloss}
-            bad_epochs = 0
-            best_state = {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v)
-                          for k, v in model.state_dict().items()}
-            if best_path is not None:
-                save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch + 1, "fingerprint": fingerprint})
-        else:
-            bad_epochs += 1
-        stop = (not improved) and bad_epochs >= max(tcfg.patience, 1)
-        if ckpt_path is not None and tcfg.checkpoint:
-            save_checkpoint(ckpt_path, {
-                "model": model.state_dict(),
-                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                "torch_rng": torch.get_rng_state(),
-                "history": [asdict(r) for r in history],
-                "best": best, "bad_epochs": bad_epochs, "step": step, "epoch": epoch,
-                "fingerprint": fingerprint, "stopped": stop,
-            })
-        if on_epoch_end is not None:
-            on_epoch_end(rec)
-        if stop:
-            log.info("%searly stop after epoch %d (best epoch %d, valid AUC %.5f)", metric_prefix, epoch + 1,
-                     best["epoch"], best["auc"])
-            break
-
+                bad_epochs += 1
+            stop = (not improved) and bad_epochs >= max(tcfg.patience, 1)
+            if ckpt_path is not None and tcfg.checkpoint:
+                save_checkpoint(ckpt_path, {
+                    "model": model.state_dict(),
+                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                    "torch_rng": torch.get_rng_state(),
+                    "history": [asdict(r) for r in history],
+                    "best": best, "bad_epochs": bad_epochs, "step": step, "epoch": epoch,
+                    "fingerprint": fingerprint, "stopped": stop,
+                })
+            if on_epoch_end is not None:
+                on_epoch_end(rec)
+            if stop:
+                log.info("%searly stop after epoch %d (best epoch %d, valid AUC %.5f)", metric_prefix, epoch + 1,
+                         best["epoch"], best["auc"])
+                break
+    finally:
+        penalty.remove()
     # restore the best weights
     if best_state is not None:
         model.load_state_dict(best_state)

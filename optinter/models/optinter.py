@@ -26,7 +26,7 @@ from ..architecture import Architecture
 from ..config import ModelConfig
 from ..layers.combination import CombinationBlock
 from ..layers.cross import FactorizationTable, HadamardPairs, MemorizedEmbedding
-from ..layers.embedding import FieldEmbedding
+from ..layers.embedding import FieldBias, FieldEmbedding
 from ..layers.mlp import MLP
 from ..registry import register_model, register_search_model
 from .base import Batch, CTRModel
@@ -60,6 +60,15 @@ class _OptInterBase(CTRModel):
         self.embed = FieldEmbedding([f.vocab_size for f in fmap.categorical], len(fmap.continuous), cfg.embed_dim)
         self.pair_idx = categorical_pair_indices(fmap)
         self.fac_dim = cfg.embed_dim if cfg.factorize_source == "orig" else cfg.cross_embed_dim
+        # Optional first-order term (model.first_order; not in the paper): logit += LR(x^o).
+        self.linear = (
+            FieldBias([f.vocab_size for f in fmap.categorical], len(fmap.continuous)) if cfg.first_order else None
+        )
+
+    def _logit(self, mlp_in: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """MLP(mlp_in) (B) plus the first-order term when ``model.first_order``."""
+        out = self.mlp(mlp_in)
+        return out + self.linear(batch.cat, batch.cont) if self.linear is not None else out
 
     def _factorizer(self, idx: list[int]) -> nn.Module | None:
         """Hadamard products for the pairs at positions ``idx`` (None if ``idx`` is empty)."""
@@ -79,14 +88,18 @@ class _OptInterBase(CTRModel):
         return fac(e_o[:, : self.embed.num_cat])
 
     def named_param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``orig``: e^o + MLP (lr_o, l2_o); ``cross``: cross-product and factorization tables (lr_c, l2_c); ``arch``: α."""
+        """``orig``: e^o + MLP (lr_o, l2_o); ``cross``: cross-product and factorization tables (lr_c, l2_c); ``first``: the optional
+        first-order weights (lr_first); ``arch``: α."""
         cross_mods = [m for m in self.modules() if isinstance(m, (MemorizedEmbedding, FactorizationTable))]
         cross = {id(p) for m in cross_mods for p in m.parameters()}
         arch = {id(p) for p in self.arch_parameters()}
+        first = {id(p) for p in self.linear.parameters()} if self.linear is not None else set()
         groups: dict[str, list[nn.Parameter]] = {
-            "orig": [p for p in self.parameters() if id(p) not in cross and id(p) not in arch],
+            "orig": [p for p in self.parameters() if id(p) not in cross and id(p) not in arch and id(p) not in first],
             "cross": [p for m in cross_mods for p in m.parameters()],
         }
+        if first:
+            groups["first"] = list(self.linear.parameters())
         if arch:
             groups["arch"] = self.arch_parameters()
         return groups
@@ -120,7 +133,7 @@ class OptInterSearch(_OptInterBase):
         e_m = self.cross(batch.pairs)  # B × P × s2
         e_f = self._factorized(self.factorize, e_o, batch)  # B × P × fac_dim
         e_b = self.block(e_m, e_f)  # B × P × W
-        return self.mlp(torch.cat([e_o.flatten(1), e_b.flatten(1)], dim=1))
+        return self._logit(torch.cat([e_o.flatten(1), e_b.flatten(1)], dim=1), batch)
 
     # ---- search-model protocol -------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -182,7 +195,7 @@ class OptInterNet(_OptInterBase):
             parts.append(self.cross(batch.pairs).flatten(1))  # B × M·s2
         if self.factorize is not None:
             parts.append(self._factorized(self.factorize, e_o, batch).flatten(1))  # B × K·fac_dim
-        return self.mlp(torch.cat(parts, dim=1))
+        return self._logit(torch.cat(parts, dim=1), batch)
 
     def extra_metrics(self) -> dict[str, Any]:
         return self.arch.count_dict()
