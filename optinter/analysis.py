@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from preprocess.feature_map import FeatureMap
+from preprocess.feature_map import FeatureMap, json_path, read_json
 
 from .report import REPORT_FILE, staged_output, write_report
 from .tracking import Tracker, as_tracker
@@ -290,15 +290,7 @@ def load_architecture(path: str | os.PathLike[str], pair_names: Sequence[str]) -
     ``{"methods": [...], "probs": [[..3], ...]}`` in feature-map pair order (probabilities in
     the order memorize, factorize, naive).
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "architecture.json"
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: architecture file not found") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    d = read_json(json_path(path, "architecture.json"), missing="architecture file not found")
     methods: dict[str, str] = {}
     probs: dict[str, tuple[float, float, float]] = {}
 

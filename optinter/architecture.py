@@ -15,14 +15,13 @@ clear error naming the offending pair.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from preprocess.feature_map import FeatureMap, fingerprint
+from preprocess.feature_map import FeatureMap, fingerprint, json_path, read_json, write_json_atomic
 
 CHOICES = ("memorize", "factorize", "naive")
 ARCH_FILE = "architecture.json"
@@ -151,25 +150,12 @@ class Architecture:
 
     def save(self, path: str | Path) -> Path:
         """Write JSON atomically (``path`` may be a folder: ``architecture.json`` inside)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / ARCH_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        tmp.replace(path)
-        return path
+        return write_json_atomic(path, self.to_dict(), default_name=ARCH_FILE)
 
     @classmethod
     def load(cls, path: str | Path) -> "Architecture":
-        path = Path(path)
-        if path.is_dir():
-            path = path / ARCH_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no architecture file (run `optinter search` first)")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        path = json_path(path, ARCH_FILE)
+        d = read_json(path, missing="no architecture file (run `optinter search` first)")
         return cls.from_dict(d, where=str(path))
 
     # ---- constructors ---------------------------------------------------------------------------

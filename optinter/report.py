@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from preprocess.feature_map import FeatureMap
+from preprocess.feature_map import FeatureMap, json_path, read_json
 
 log = logging.getLogger(__name__)
 
@@ -145,15 +145,8 @@ def results_rows(metrics_paths: Sequence[str | os.PathLike[str]]) -> list[dict[s
     """One row per ``metrics.json`` (the model name, else its folder name), columns of RESULT_COLUMNS."""
     rows = []
     for p in metrics_paths:
-        p = Path(p)
-        if p.is_dir():
-            p = p / "metrics.json"
-        try:
-            m = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{p}: metrics file not found (results table of the report)") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not valid JSON ({e})") from e
+        p = json_path(p, "metrics.json")
+        m = read_json(p, missing="metrics file not found (results table of the report)")
         row = {k: m[k] for k in RESULT_COLUMNS if k in m}
         row.setdefault("model", p.parent.name)
         rows.append(row)

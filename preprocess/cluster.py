@@ -48,7 +48,7 @@ def dask_client(scheduler: str | None = None, n_workers: int = 2, threads_per_wo
              "processes" if processes else "threads")
     with dask.config.set(QUIET_CONFIG):
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
-                               dashboard_address=None, silence_logs=logging.WARNING)
+                               dashboard_address=":0", silence_logs=logging.WARNING)
         client = Client(cluster)
     try:
         yield client

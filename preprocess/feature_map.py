@@ -184,28 +184,43 @@ class FeatureMap:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        if path.is_dir():
-            path = path / FEATURE_MAP_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        write_json_atomic(path, self.to_json(), default_name=FEATURE_MAP_FILE)
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureMap":
-        path = Path(path)
-        if path.is_dir():
-            path = path / FEATURE_MAP_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no feature map here (run `optinter preprocess` first)")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        path = json_path(path, FEATURE_MAP_FILE)
+        d = read_json(path, missing="no feature map here (run `optinter preprocess` first)")
         try:
             return cls.from_dict(d)
         except (KeyError, TypeError) as e:
             raise ValueError(f"{path}: not a valid feature map ({e!r})") from e
+
+
+def json_path(path: str | Path, default_name: str) -> Path:
+    """``path`` itself, or ``path / default_name`` when ``path`` is a folder."""
+    path = Path(path)
+    return path / default_name if path.is_dir() else path
+
+
+def read_json(path: str | Path, missing: str = "file not found") -> Any:
+    """Parse a JSON file; a missing file or bad JSON is a clear error naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: {missing}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def write_json_atomic(path: str | Path, content: str | Any, default_name: str | None = None) -> Path:
+    """Write JSON (a string, or an object dumped with indent 2) via a temp file + rename."""
+    path = json_path(path, default_name) if default_name else Path(path)
+    text = content if isinstance(content, str) else json.dumps(content, indent=2)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
 
 
 def fingerprint(parts: Iterable[Any]) -> str:
