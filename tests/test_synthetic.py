@@ -31,12 +31,12 @@ def test_files_and_truth(synth):
     assert sorted(p.name for p in out.iterdir()) == ["test.csv", "train.csv", "truth.json", "valid.csv"]
     assert load_truth(out) == json.loads((out / "truth.json").read_text())
     df = pd.read_csv(out / "train.csv")
-    assert list(df.columns) == ["label", "p_true"] + [f"c{i}" for i in range(10)] + ["n0", "n1"]
+    assert list(df.columns) == ["label", "p_true"] + [f"c{i}" for i in range(8)] + ["n0", "n1"]
     assert len(df) == SMALL["n_train"]
     kinds = truth["pairs"]
-    assert len(kinds) == 45
+    assert len(kinds) == 28
     assert sum(k == "memorize" for k in kinds.values()) == 4
-    assert sum(k == "factorize" for k in kinds.values()) == 3
+    assert sum(k == "factorize" for k in kinds.values()) == 1
     # Bayes figures are the sklearn figures of p_true on each split
     for split in ("train", "valid", "test"):
         d = pd.read_csv(out / f"{split}.csv")

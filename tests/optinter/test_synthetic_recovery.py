@@ -1,7 +1,7 @@
 """End to end on synthetic data with planted pairs (preprocess.synthetic → preprocess.pipeline →
 search → re-train → baselines).
 
-Data: 8 categorical fields (cardinalities 6..16, 30, 40) + 2 continuous, 28 pairs: 4 planted
+Data: the generator's defaults — 8 categorical fields (cardinalities 6..16, 30, 40) + 2 continuous, 28 pairs: 4 planted
 *memorize* pairs (full-rank tables on low-cardinality fields), 1 *factorize* pair (rank 3) and 23
 pairs with no interaction; 200k train / 20k valid / 20k test rows.
 
@@ -31,8 +31,6 @@ from optinter.stages import run_retrain, run_search, run_train
 
 pytestmark = pytest.mark.slow
 
-SYNTH = dict(n_train=200_000, n_valid=20_000, n_test=20_000, cardinalities=(6, 8, 10, 12, 14, 16, 30, 40),
-             memorize_pairs=((0, 1), (2, 3), (4, 5), (0, 5)), factorize_pairs=((6, 7),))
 COMMON = ["model.embed_dim=8", "model.cross_embed_dim=8", "model.mlp_dims=64", "train.batch_size=500",
           "train.device=cpu"]
 SEARCH = COMMON + ["train.lr_o=3e-3", "train.lr_c=3e-3", "train.search_epochs=3", "train.lr_a=0.1",
@@ -48,7 +46,7 @@ def synth(tmp_path_factory):
     from preprocess.synthetic import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("synth")
-    generate(SynthConfig(**SYNTH), root / "raw")
+    generate(SynthConfig(), root / "raw")  # the generator's defaults
     run_preprocess(PreprocessConfig(dataset="synthetic", train=[str(root / "raw" / "train.csv")],
                                     valid=[str(root / "raw" / "valid.csv")], test=[str(root / "raw" / "test.csv")],
                                     out=str(root / "enc"), processes=False))
