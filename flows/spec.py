@@ -82,6 +82,8 @@ class PipelineSpec:
     oov_threshold: int | None = None
     cross_threshold: int | None = None
     overrides: list[str] = field(default_factory=list)
+    #: defaults laid under ``overrides`` (the synthetic quick start's); the user's always win
+    base_overrides: list[str] = field(default_factory=list)
     baselines: list[str] = field(default_factory=list)
     seed: int = 2026
     artifact_root: str = DEFAULT_ARTIFACT_ROOT
@@ -112,7 +114,11 @@ class PipelineSpec:
 
         cfg = default_config(self.dataset_name, model)
         cfg.train.seed = self.seed
-        return apply_overrides(cfg, scoped_overrides(self.overrides, scope, model))
+        return apply_overrides(cfg, self.overrides_for(scope, model))
+
+    def overrides_for(self, scope: str, model: str) -> list[str]:
+        """Base (quick-start) overrides, then the user's: each layer unscoped first, then scoped."""
+        return scoped_overrides(self.base_overrides, scope, model) + scoped_overrides(self.overrides, scope, model)
 
 
 def parse_override(item: str) -> tuple[str | None, str]:
@@ -304,7 +310,7 @@ def resolve_spec(
             raise SpecError(f"parameter 'preprocess': unknown keys {unknown}; allowed: {allowed}")
 
     # overrides
-    all_overrides = list(SYNTHETIC_QUICKSTART_OVERRIDES) if (synthetic and quickstart) else []
+    base_overrides = list(SYNTHETIC_QUICKSTART_OVERRIDES) if (synthetic and quickstart) else []
     user_overrides = [overrides] if isinstance(overrides, str) else list(overrides or [])
     for item in user_overrides:
         scope, kv = parse_override(item)
@@ -313,11 +319,10 @@ def resolve_spec(
                             f"{', '.join(OVERRIDE_SCOPES)} or a model name")
         if "=" not in kv:
             raise SpecError(f"parameter 'overrides': {item!r}: expected key=value")
-    all_overrides += user_overrides
 
     spec = PipelineSpec(
         dataset=dataset, schema=schema_dict, raw=raw_files, splits=splits, synth=synth_cfg,
-        preprocess=preprocess, oov_threshold=oov, cross_threshold=cross, overrides=all_overrides,
+        preprocess=preprocess, oov_threshold=oov, cross_threshold=cross, overrides=user_overrides, base_overrides=base_overrides,
         baselines=baselines, seed=int(seed), artifact_root=str(artifact_root or os.environ.get(
             ARTIFACT_ROOT_ENV, DEFAULT_ARTIFACT_ROOT)),
         force=force, from_run=from_run, targets=targets, experiment=experiment,

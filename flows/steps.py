@@ -73,7 +73,7 @@ def open_context(spec: PipelineSpec, run_name: str | None = None, extra_tags: Ma
     ctx = Context(spec, store, spec.tracking_uri, exp_id, parent, reused)
     ctx.tracker(parent).log_params({
         "dataset": spec.dataset, "seed": spec.seed, "oov_threshold": spec.oov_threshold,
-        "cross_threshold": spec.cross_threshold, "overrides": ";".join(spec.overrides),
+        "cross_threshold": spec.cross_threshold, "overrides": ";".join(spec.base_overrides + spec.overrides),
         "baselines": ",".join(spec.baselines), "stages": ",".join(spec.targets),
         "force": ",".join(spec.force), "from_run": spec.from_run, "artifact_root": spec.artifact_root,
         "raw": ";".join(spec.raw), "splits": json.dumps(spec.splits) if spec.splits else None,
@@ -471,10 +471,9 @@ def compare_config(ctx: Context) -> Any:
     """The ``CompareConfig``: the ``compare`` parameter, the run's overrides, a cache kept across runs."""
     from optinter.experiments import CompareConfig
 
-    from .spec import scoped_overrides
 
     kw = dict(ctx.spec.compare or {})
-    kw.setdefault("overrides", tuple(scoped_overrides(ctx.spec.overrides, "compare", "")))
+    kw.setdefault("overrides", tuple(ctx.spec.overrides_for("compare", "")))
     kw.setdefault("dataset", ctx.spec.dataset_name)
     kw.setdefault("cache_dir", str(ctx.store.work_dir / "compare" / "_jobs_cache"))
     cc = CompareConfig(**kw)

@@ -166,14 +166,14 @@ def test_changed_retrain_setting_reruns_only_retrain_and_what_follows(two_runs, 
     from flows.pipeline import optinter_flow
 
     first, _, _ = two_runs
-    third = optinter_flow(**tiny_params(env["artifacts"], overrides=TINY_OVERRIDES + ["retrain:train.lr_o=3e-3"]))
+    third = optinter_flow(**tiny_params(env["artifacts"], overrides=TINY_OVERRIDES + ["retrain:train.lr_o=4.2e-3"]))
     cached = {n for n, s in third["stages"].items() if s["cached"]}
     assert cached == {"synth", "preprocess", "search", "train:lr", "train:fm"}
     for n in ("retrain:optinter", "evaluate", "analyze"):
         assert third["stages"][n]["key"] != first["stages"][n]["key"]
     kids = _children(env, third["parent_run_id"])
-    assert kids["retrain:optinter"].data.params["train.lr_o"] == "0.003"
-    assert kids["search"].data.params["train.lr_o"] != "0.003"
+    assert kids["retrain:optinter"].data.params["train.lr_o"] == "0.0042"
+    assert kids["search"].data.params["train.lr_o"] != "0.0042"
     # the first run's folders are all still there
     for s in first["stages"].values():
         assert (Path(s["local_dir"]) / "_stage.json").exists()

@@ -64,10 +64,10 @@ def test_raw_globs_expand(tmp_path):
 
 
 def test_scoped_overrides_apply_to_their_stage_or_model_only(tmp_path):
-    ov = TINY_OVERRIDES + ["retrain:train.lr_o=0.003", "fm:model.embed_dim=6", "train.epochs=3"]
+    ov = TINY_OVERRIDES + ["retrain:train.lr_o=0.0042", "fm:model.embed_dim=6", "train.epochs=3"]
     spec = _spec(tmp_path, overrides=ov)
-    assert spec.run_config("retrain", "optinter").train.lr_o == 0.003
-    assert spec.run_config("search", "optinter").train.lr_o != 0.003
+    assert spec.run_config("retrain", "optinter").train.lr_o == 0.0042
+    assert spec.run_config("search", "optinter").train.lr_o != 0.0042
     assert spec.run_config("baselines", "fm").model.embed_dim == 6
     assert spec.run_config("baselines", "lr").model.embed_dim == 4
     assert spec.run_config("search", "optinter").train.epochs == 3  # later unscoped ones win
@@ -91,3 +91,13 @@ def test_unknown_from_run_fails_before_any_stage(tmp_path, mlflow_uri):
     with pytest.raises(ValueError, match="not a finished optinter stage folder"):
         open_context(spec)
     assert not (tmp_path / "art").exists()  # nothing was computed
+
+
+def test_user_overrides_win_over_quickstart_settings(tmp_path):
+    from flows.spec import SYNTHETIC_QUICKSTART_OVERRIDES
+
+    assert "search:train.lr_o=3e-3" in SYNTHETIC_QUICKSTART_OVERRIDES
+    spec = _spec(tmp_path, overrides=TINY_OVERRIDES + ["train.lr_o=0.0007"])
+    assert spec.run_config("search", "optinter").train.lr_o == 0.0007  # unscoped user value beats scoped default
+    assert spec.run_config("search", "optinter").train.lr_a == 0.1  # quick-start value where the user is silent
+    assert spec.run_config("retrain", "optinter").model.layer_norm is False
