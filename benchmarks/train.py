@@ -70,7 +70,7 @@ def random_batches(fmap: FeatureMap, pair_names: list[str], n: int, batch: int, 
 
 def child(args: argparse.Namespace) -> None:
     from optinter.architecture import random_architecture
-    from optinter.config import default_config
+    from optinter.config import paper_config
     from optinter.registry import available_models, build_model, build_search_model
     from optinter.train import make_optimizers, resolve_device, train_step
 
@@ -79,7 +79,7 @@ def child(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     fmap = criteo_like_map(args.pair_vocab)
     name = args.child
-    cfg = default_config("criteo", "optinter" if name in ("search", "retrain") else name)
+    cfg = paper_config("criteo", "optinter" if name in ("search", "retrain") else name)  # Table IV sizes
     cfg.train.batch_size = args.batch_size
     cfg.model.factorize_source = args.factorize_source
     torch.manual_seed(0)
