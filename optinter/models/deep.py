@@ -156,31 +156,6 @@ class WideDeep(DeepModel):
         return {"orig": [p for p in self.parameters() if id(p) not in ids], "cross": cross}
 
 
-@register_model("fnn")
-def build_fnn(feature_map: FeatureMap, cfg: ModelConfig) -> CTRModel:
-    return FNN(feature_map, cfg)
-
-
-@register_model("ipnn")
-def build_ipnn(feature_map: FeatureMap, cfg: ModelConfig) -> CTRModel:
-    return IPNN(feature_map, cfg)
-
-
-@register_model("opnn")
-def build_opnn(feature_map: FeatureMap, cfg: ModelConfig) -> CTRModel:
-    return OPNN(feature_map, cfg)
-
-
-@register_model("deepfm")
-def build_deepfm(feature_map: FeatureMap, cfg: ModelConfig) -> CTRModel:
-    return DeepFM(feature_map, cfg)
-
-
-@register_model("pin")
-def build_pin(feature_map: FeatureMap, cfg: ModelConfig) -> CTRModel:
-    return PIN(feature_map, cfg)
-
-
-@register_model("wide_deep")
-def build_wide_deep(feature_map: FeatureMap, cfg: ModelConfig) -> CTRModel:
-    return WideDeep(feature_map, cfg)
+# Each class is its own factory ``(feature_map, model_config) -> CTRModel``.
+for _name, _cls in {"fnn": FNN, "ipnn": IPNN, "opnn": OPNN, "deepfm": DeepFM, "pin": PIN, "wide_deep": WideDeep}.items():
+    register_model(_name)(_cls)

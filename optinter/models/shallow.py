@@ -110,26 +110,6 @@ class FmFM(FM):
         return self.product.total(e)
 
 
-@register_model("lr")
-def build_lr(feature_map: FeatureMap, cfg: ModelConfig) -> CTRModel:
-    return LR(feature_map, cfg)
-
-
-@register_model("poly2")
-def build_poly2(feature_map: FeatureMap, cfg: ModelConfig) -> CTRModel:
-    return Poly2(feature_map, cfg)
-
-
-@register_model("fm")
-def build_fm(feature_map: FeatureMap, cfg: ModelConfig) -> CTRModel:
-    return FM(feature_map, cfg)
-
-
-@register_model("fwfm")
-def build_fwfm(feature_map: FeatureMap, cfg: ModelConfig) -> CTRModel:
-    return FwFM(feature_map, cfg)
-
-
-@register_model("fmfm")
-def build_fmfm(feature_map: FeatureMap, cfg: ModelConfig) -> CTRModel:
-    return FmFM(feature_map, cfg)
+# Each class is its own factory ``(feature_map, model_config) -> CTRModel``.
+for _name, _cls in {"lr": LR, "poly2": Poly2, "fm": FM, "fwfm": FwFM, "fmfm": FmFM}.items():
+    register_model(_name)(_cls)
