@@ -44,12 +44,13 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = TAB
 
 def build_results(metrics_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Collect ``<dir>/metrics.json`` of each trained model into the results table in ``out_dir``."""
-    from optinter.report import RESULT_COLUMNS, results_rows, staged_output
+    from optinter.report import RESULT_COLUMNS, results_rows
+    from preprocess.atomic import atomic_output_dir
 
     paths = [Path(d) / "metrics.json" if Path(d).is_dir() else Path(d) for d in metrics_dirs]
     rows = results_rows(paths)
     rows.sort(key=lambda r: -float(r.get("test_auc", float("-inf"))))
-    with staged_output(out_dir) as tmp:
+    with atomic_output_dir(out_dir, merge=True) as tmp:
         (tmp / "results.json").write_text(json.dumps({"rows": rows, "metrics_paths": [str(p) for p in paths]},
                                                      indent=1, sort_keys=True))
         cols = [c for c in RESULT_COLUMNS if any(c in r for r in rows)]

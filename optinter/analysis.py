@@ -34,9 +34,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from preprocess.feature_map import FeatureMap, json_path, read_json
+from preprocess.atomic import atomic_output_dir, json_path, read_json
+from preprocess.feature_map import FeatureMap
 
-from .report import REPORT_FILE, staged_output, write_report
+from .report import REPORT_FILE, write_report
 from .tracking import Tracker, as_tracker
 
 log = logging.getLogger(__name__)
@@ -617,7 +618,7 @@ def run_analyze(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
             metrics["mi.planted_recovered"] = result["planted_recovered"]
 
     figures: list[tuple[str, str]] = []
-    with staged_output(out_dir) as tmp:
+    with atomic_output_dir(out_dir, merge=True) as tmp:
         pairs.to_csv(tmp / MI_CSV, index=False, float_format="%.8g")
         fields.to_csv(tmp / MI_FIELDS_CSV, index=False, float_format="%.8g")
         if len(pairs):

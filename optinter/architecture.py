@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from preprocess.feature_map import FeatureMap, fingerprint, json_path, read_json, write_json_atomic
+from preprocess.atomic import json_path, read_json, write_json_atomic
+from preprocess.feature_map import FeatureMap, fingerprint
 
 CHOICES = ("memorize", "factorize", "naive")
 ARCH_FILE = "architecture.json"

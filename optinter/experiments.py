@@ -38,10 +38,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from preprocess.atomic import atomic_output_dir
 from preprocess.feature_map import FeatureMap, fingerprint
 
 from .config import RunConfig, apply_overrides, default_config
-from .report import REPORT_FILE, staged_output, write_report
+from .report import REPORT_FILE, write_report
 from .stats import fmt_mean_std, fmt_p, fmt_params, mean_std, paired_ttest
 from .tracking import Tracker, as_tracker
 
@@ -654,7 +655,7 @@ def run_compare(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
         outputs["fig4"] = (fig4_points, md, "Figure 4 — AUC against #params at several memorized embedding sizes")
 
     files: list[str] = []
-    with staged_output(out_dir) as tmp:
+    with atomic_output_dir(out_dir, merge=True) as tmp:
         md_all = [f"# Compare — {runner.dataset}\n",
                   f"{n} seed(s) per model ({na} for Tables VII–IX and Fig. 4); test-set metrics.\n"]
         for name, (df, md, title) in outputs.items():

@@ -1,10 +1,11 @@
-"""Self-contained HTML report of one pipeline run, and the atomic output folder helper.
+"""Self-contained HTML report of one pipeline run.
 
 :func:`render_report` builds one HTML page (no external files: every figure is inlined as a
 base64 PNG) with a data summary (``feature_map.json`` / ``summary.json``), the architecture's
 method counts, the results table (one row per ``metrics.json``), extra tables and the figures.
-:func:`staged_output` is how the ``analyze`` and ``compare`` stages write their folders: into a
-temporary sibling folder first, moved into place only when everything was written.
+The ``analyze`` and ``compare`` stages write their folders with
+:func:`preprocess.atomic.atomic_output_dir` (``merge=True``): into a temporary sibling folder
+first, moved into place only when everything was written.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ import html
 import json
 import logging
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from preprocess.feature_map import FeatureMap, json_path, read_json
+from preprocess.atomic import json_path, read_json
+from preprocess.feature_map import FeatureMap
 
 log = logging.getLogger(__name__)
 
@@ -42,37 +41,6 @@ td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{color:#555;font-size:.9em}
 .note{color:#555;font-size:.9em}
 """
-
-
-# ---- atomic outputs --------------------------------------------------------------------------
-@contextmanager
-def staged_output(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary folder; on success its content lands in ``out_dir``, on error nothing does.
-
-    When ``out_dir`` does not exist the temporary folder is renamed onto it (one atomic step);
-    otherwise each top-level entry replaces its namesake in ``out_dir`` (files with ``os.replace``),
-    so other stages' files already in ``out_dir`` are left alone.
-    """
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    for entry in sorted(tmp.iterdir()):
-        target = out / entry.name
-        if entry.is_dir():
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(entry, target)
-        else:
-            os.replace(entry, target)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---- HTML building blocks --------------------------------------------------------------------

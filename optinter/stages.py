@@ -17,12 +17,12 @@ import json
 import logging
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
+from preprocess.atomic import atomic_output_dir
 from preprocess.feature_map import FeatureMap, fingerprint
 
 from .architecture import ARCH_FILE, Architecture
@@ -79,30 +79,6 @@ def make_loaders(data_dir: str | Path, fmap: FeatureMap, model: CTRModel, cfg: R
         "test": ParquetBatches(data_dir, fmap, "test", t.eval_batch_size, pairs),
         "valid_shuffled": ParquetBatches(data_dir, fmap, "valid", t.batch_size, pairs, shuffle=True, seed=t.seed + 1),
     }
-
-
-@contextmanager
-def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``out_dir`` (never half-written)."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.with_name(f".{out.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def work_dir_for(out_dir: str | Path) -> Path:
@@ -215,7 +191,7 @@ def run_search(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, tracke
     tr = as_tracker(tracker)
     _log_start(tr, "search", model, cfg, data_dir, fmap)
     work = work_dir_for(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_output_dir(out_dir) as tmp:
         arch, metrics = _search_core(data_dir, fmap, cfg, model, work, tr)
         metrics["wall_seconds"] = time.perf_counter() - t0
         arch.save(tmp / ARCH_FILE)
@@ -265,7 +241,7 @@ def run_retrain(data_dir: str | Path, arch_path: str | Path, out_dir: str | Path
     tr = as_tracker(tracker)
     _log_start(tr, "retrain", arch.model, cfg, data_dir, fmap)
     work = work_dir_for(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_output_dir(out_dir) as tmp:
         metrics = _train_core(data_dir, fmap, cfg, arch.model, arch, work, tr, tmp, "retrain")
         metrics["wall_seconds"] = time.perf_counter() - t0
         arch.save(tmp / ARCH_FILE)
@@ -292,7 +268,7 @@ def run_train(data_dir: str | Path, model_name: str, out_dir: str | Path, cfg: R
     tr = as_tracker(tracker)
     _log_start(tr, "train", model_name, cfg, data_dir, fmap)
     work = work_dir_for(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_output_dir(out_dir) as tmp:
         arch = None
         search_metrics: dict[str, Any] | None = None
         if searched:

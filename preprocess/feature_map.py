@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .atomic import json_path, read_json, write_json_atomic
+
 PAD_ID = 0
 OOV_ID = 1
 FIRST_ID = 2
@@ -194,33 +196,6 @@ class FeatureMap:
             return cls.from_dict(d)
         except (KeyError, TypeError) as e:
             raise ValueError(f"{path}: not a valid feature map ({e!r})") from e
-
-
-def json_path(path: str | Path, default_name: str) -> Path:
-    """``path`` itself, or ``path / default_name`` when ``path`` is a folder."""
-    path = Path(path)
-    return path / default_name if path.is_dir() else path
-
-
-def read_json(path: str | Path, missing: str = "file not found") -> Any:
-    """Parse a JSON file; a missing file or bad JSON is a clear error naming the file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: {missing}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-
-
-def write_json_atomic(path: str | Path, content: str | Any, default_name: str | None = None) -> Path:
-    """Write JSON (a string, or an object dumped with indent 2) via a temp file + rename."""
-    path = json_path(path, default_name) if default_name else Path(path)
-    text = content if isinstance(content, str) else json.dumps(content, indent=2)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
 
 
 def fingerprint(parts: Iterable[Any]) -> str:

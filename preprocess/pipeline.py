@@ -21,12 +21,12 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from preprocess import jobs
+from preprocess.atomic import atomic_output_dir
 from preprocess.cluster import dask_client
 from preprocess.cross_vocab import CrossVocab
 from preprocess.errors import BAD_REASONS, PreprocessError
@@ -130,28 +130,16 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         if p.stat().st_size == 0:
             raise PreprocessError("empty file", file=str(p), reason="empty_file")
     out = Path(cfg.out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    work = tmp / "_work"
-    (work / "raw").mkdir(parents=True)
     seconds: dict[str, float] = {}
-    try:
+    with atomic_output_dir(out) as tmp:
+        work = tmp / "_work"
+        (work / "raw").mkdir(parents=True)
         with dask_client(cfg.scheduler, cfg.n_workers, cfg.threads_per_worker, cfg.processes) as client:
             summary = _run(cfg, schema, inputs, client, tmp, work, seconds)
         shutil.rmtree(work, ignore_errors=True)
         seconds["total"] = round(time.perf_counter() - t_start, 3)
         summary["seconds"] = seconds
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary["out"] = str(out)
     log.info("preprocess done in %.1fs: %s rows -> %s", seconds["total"],
              {s: summary["rows"][s] for s in SPLIT_NAMES}, out)

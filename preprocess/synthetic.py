@@ -32,8 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -42,6 +40,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .atomic import atomic_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,6 @@ def generate(cfg: SynthConfig, out_dir: str | os.PathLike[str]) -> dict[str, Any
     cfg.validate()
     t0 = time.time()
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
     planted = _plant(cfg)
     # Calibrate the bias on a fixed-size sample from its own stream (independent of row counts).
     _, _, calib_logit = _sample(cfg, planted, 50_000, stream=99)
@@ -217,8 +216,7 @@ def generate(cfg: SynthConfig, out_dir: str | os.PathLike[str]) -> dict[str, Any
         "bias": planted.bias,
         "bayes": {},
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_output_dir(out) as tmp:
         for stream, (split, n) in enumerate((("train", cfg.n_train), ("valid", cfg.n_valid), ("test", cfg.n_test))):
             ids, cont, logit = _sample(cfg, planted, n, stream=stream)
             # rounded once, so the file and the Bayes figures see the very same probabilities
@@ -230,13 +228,7 @@ def generate(cfg: SynthConfig, out_dir: str | os.PathLike[str]) -> dict[str, Any
             log.info("synth: %s %d rows, pos ratio %.4f, Bayes AUC %.4f", split, n, label.mean(),
                      truth["bayes"][split]["auc"])
         (tmp / "truth.json").write_text(json.dumps(truth, indent=2, sort_keys=True))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-        log.info("synth: wrote %s in %.1f s", out, time.time() - t0)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    log.info("synth: wrote %s in %.1f s", out, time.time() - t0)
     return truth
 
 
