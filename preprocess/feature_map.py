@@ -123,7 +123,13 @@ class FeatureMap:
     # ---- views -------------------------------------------------------------------------------
     @property
     def categorical(self) -> list[FieldSpec]:
-        return [f for f in self.fields if f.kind == "categorical"]
+        """The univalent categorical fields (one id per row; ``batch.cat``, pairs, first-order weights)."""
+        return [f for f in self.fields if f.kind == "categorical" and not f.multivalent]
+
+    @property
+    def multivalent(self) -> list[FieldSpec]:
+        """The multivalent categorical fields (a list of ids per row; ``batch.multi``, mean-pooled)."""
+        return [f for f in self.fields if f.multivalent]
 
     @property
     def continuous(self) -> list[FieldSpec]:

@@ -1,8 +1,9 @@
 """Second-order feature-interaction functions of the factorized baselines (paper Table III).
 
 All layers read the field embeddings ``e`` (B × F × D, the output of
-:class:`optinter.layers.embedding.FieldEmbedding`: categorical fields first, then continuous) and
-a fixed list of P field pairs ``(i, j)`` with ``i < j`` given as positions in that order.
+:class:`optinter.layers.embedding.FieldEmbedding`: categorical fields first, then multivalent, then
+continuous) and a fixed list of P field pairs ``(i, j)`` with ``i < j`` given as positions in that
+order.
 Everything is vectorized over the P pairs (gather + batched products, no Python loop over pairs).
 
 * :class:`InnerProduct` — ⟨e_i, e_j⟩ per pair (FM, IPNN, DeepFM, AutoFIS): B × P.
@@ -15,9 +16,10 @@ Everything is vectorized over the P pairs (gather + batched products, no Python 
 * :class:`PairSubNetwork` — PIN's per-pair micro network net_(i,j)([e_i, e_j, e_i ⊙ e_j]) with its
   own weights for each pair, as one batched ``einsum`` over P: B × P × H_last.
 
-Which pairs: :func:`all_field_pairs` (every pair of the F embedded fields, categorical and
-continuous, as FM/PNN/DeepFM/AutoFIS define them) or :func:`feature_map_pair_positions` (the
-cross-product pairs of ``feature_map.json``, categorical fields only).
+Which pairs: :func:`all_field_pairs` (every pair of the F embedded fields, categorical,
+multivalent (mean-pooled) and continuous, as FM/PNN/DeepFM/AutoFIS define them) or
+:func:`feature_map_pair_positions` (the cross-product pairs of ``feature_map.json``, univalent
+categorical fields only).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ Pairs = Sequence[tuple[int, int]]
 
 # ---- which pairs ------------------------------------------------------------------------------
 def embedding_order(feature_map: FeatureMap) -> list[str]:
-    """Field names in the order of FieldEmbedding's output: categorical fields, then continuous."""
-    return [f.name for f in feature_map.categorical] + [f.name for f in feature_map.continuous]
+    """Field names in the order of FieldEmbedding's output: categorical, multivalent, continuous fields."""
+    return [f.name for f in feature_map.categorical + feature_map.multivalent + feature_map.continuous]
 
 
 def all_field_pairs(num_fields: int) -> list[tuple[int, int]]:

@@ -93,9 +93,8 @@ class AutoFISBase(CTRModel):
         if not feature_map.pairs:
             raise ValueError("model autofis gates the feature map's cross-product pairs; the feature map has none")
         self.cfg = cfg
-        cat_vocab = [int(f.vocab_size) for f in feature_map.categorical]  # type: ignore[arg-type]
-        self.linear = FieldBias(cat_vocab, len(feature_map.continuous))
-        self.embedding = FieldEmbedding(cat_vocab, len(feature_map.continuous), cfg.embed_dim)
+        self.linear = FieldBias.from_feature_map(feature_map)
+        self.embedding = FieldEmbedding.from_feature_map(feature_map, cfg.embed_dim)
         positions = feature_map_pair_positions(feature_map)
         self.gated = list(gated)
         self.gates = GatedInnerProducts([positions[k] for k in self.gated])
@@ -104,8 +103,8 @@ class AutoFISBase(CTRModel):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """→ B logits."""
-        e = self.embedding(batch.cat, batch.cont)
-        return self.linear(batch.cat, batch.cont) + self.gates(e) + self.mlp(e.flatten(1))
+        e = self.embedding(batch.cat, batch.cont, batch.multi)
+        return self.linear(batch.cat, batch.cont, batch.multi) + self.gates(e) + self.mlp(e.flatten(1))
 
     def gate_values(self) -> dict[str, float]:
         """``{"A|B": α}`` for the gated pairs."""

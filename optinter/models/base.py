@@ -1,7 +1,8 @@
 """What every CTR model in the registry is: a ``torch.nn.Module`` over a :class:`Batch`.
 
-Shapes: B = batch size, Fc = categorical fields, Fn = continuous fields, F = Fc + Fn,
-P = pairs (cross-product features), D = embedding size.
+Shapes: B = batch size, Fc = (univalent) categorical fields, Fm = multivalent fields, L = the
+longest id list of a multivalent field (``max(max_len)``), Fn = continuous fields,
+F = Fc + Fm + Fn, P = pairs (cross-product features), D = embedding size.
 
 Search-model protocol
 ---------------------
@@ -49,12 +50,20 @@ class Batch:
            ``model.required_pairs()`` (all of ``FeatureMap.pairs`` by default); an empty
            B × 0 tensor when the model does not read pairs
     label: B float32 0/1
+    multi: B × Fm × L int64 token ids of the multivalent fields (order of
+           ``FeatureMap.multivalent``), each row's list left-aligned and padded with PAD = 0;
+           B × 0 × 0 when the feature map has none (the default when not given)
     """
 
     cat: torch.Tensor
     cont: torch.Tensor
     pairs: torch.Tensor
     label: torch.Tensor
+    multi: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.multi is None:
+            self.multi = torch.zeros(self.label.shape[0], 0, 0, dtype=torch.long, device=self.label.device)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         return Batch(
@@ -62,6 +71,7 @@ class Batch:
             self.cont.to(device, non_blocking=non_blocking),
             self.pairs.to(device, non_blocking=non_blocking),
             self.label.to(device, non_blocking=non_blocking),
+            self.multi.to(device, non_blocking=non_blocking),
         )
 
     def __len__(self) -> int:

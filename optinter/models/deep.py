@@ -35,10 +35,6 @@ from ..registry import register_model
 from .base import Batch, CTRModel
 
 
-def _cat_vocab(feature_map: FeatureMap) -> list[int]:
-    return [int(f.vocab_size) for f in feature_map.categorical]  # type: ignore[arg-type]
-
-
 class DeepModel(CTRModel):
     """Embeddings → [flatten(e), product features] → MLP → logit B.
 
@@ -53,7 +49,7 @@ class DeepModel(CTRModel):
         super().__init__(feature_map)
         if feature_map.num_fields == 0:
             raise ValueError("the feature map has no fields")
-        self.embedding = FieldEmbedding(_cat_vocab(feature_map), len(feature_map.continuous), cfg.embed_dim)
+        self.embedding = FieldEmbedding.from_feature_map(feature_map, cfg.embed_dim)
         self.num_fields = self.embedding.num_fields
         self.field_pairs = all_field_pairs(self.num_fields)
         self.build_products(cfg)
@@ -80,7 +76,7 @@ class DeepModel(CTRModel):
         return self.mlp(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        return self.deep(self.embedding(batch.cat, batch.cont))
+        return self.deep(self.embedding(batch.cat, batch.cont, batch.multi))
 
 
 class FNN(DeepModel):
@@ -127,11 +123,11 @@ class DeepFM(DeepModel):
 
     def __init__(self, feature_map: FeatureMap, cfg: ModelConfig) -> None:
         super().__init__(feature_map, cfg)
-        self.linear = FieldBias(_cat_vocab(feature_map), len(feature_map.continuous))
+        self.linear = FieldBias.from_feature_map(feature_map)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        e = self.embedding(batch.cat, batch.cont)
-        return self.linear(batch.cat, batch.cont) + fm_second_order(e) + self.deep(e)
+        e = self.embedding(batch.cat, batch.cont, batch.multi)
+        return self.linear(batch.cat, batch.cont, batch.multi) + fm_second_order(e) + self.deep(e)
 
 
 class WideDeep(DeepModel):
@@ -143,12 +139,12 @@ class WideDeep(DeepModel):
         super().__init__(feature_map, cfg)
         if not feature_map.pairs:
             raise ValueError("model wide_deep needs cross-product pairs in the feature map; it has none")
-        self.linear = FieldBias(_cat_vocab(feature_map), len(feature_map.continuous))
+        self.linear = FieldBias.from_feature_map(feature_map)
         self.cross = OffsetEmbedding([p.vocab_size for p in feature_map.pairs], 1, init_std=0.0)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        wide = self.linear(batch.cat, batch.cont) + self.cross(batch.pairs).sum(dim=(1, 2))
-        return wide + self.deep(self.embedding(batch.cat, batch.cont))
+        wide = self.linear(batch.cat, batch.cont, batch.multi) + self.cross(batch.pairs).sum(dim=(1, 2))
+        return wide + self.deep(self.embedding(batch.cat, batch.cont, batch.multi))
 
     def named_param_groups(self) -> dict[str, list[nn.Parameter]]:
         cross = list(self.cross.parameters())

@@ -44,31 +44,24 @@ def categorical_pair_indices(fmap: FeatureMap) -> list[tuple[int, int]]:
     return out
 
 
-def _check_fmap(fmap: FeatureMap) -> None:
-    multi = [f.name for f in fmap.fields if f.multivalent]
-    if multi:
-        raise NotImplementedError(f"multivalent fields are not supported by OptInter yet: {multi}")
-
-
 class _OptInterBase(CTRModel):
     """Shared parts: field embeddings e^o (B × F × s1) and the factorized-embedding source."""
 
     def __init__(self, fmap: FeatureMap, cfg: ModelConfig) -> None:
         super().__init__(fmap)
-        _check_fmap(fmap)
         self.cfg = cfg
-        self.embed = FieldEmbedding([f.vocab_size for f in fmap.categorical], len(fmap.continuous), cfg.embed_dim)
+        self.embed = FieldEmbedding.from_feature_map(fmap, cfg.embed_dim)
         self.pair_idx = categorical_pair_indices(fmap)
         self.fac_dim = cfg.embed_dim if cfg.factorize_source == "orig" else cfg.cross_embed_dim
         # Optional first-order term (model.first_order; not in the paper): logit += LR(x^o).
         self.linear = (
-            FieldBias([f.vocab_size for f in fmap.categorical], len(fmap.continuous)) if cfg.first_order else None
+            FieldBias.from_feature_map(fmap) if cfg.first_order else None
         )
 
     def _logit(self, mlp_in: torch.Tensor, batch: Batch) -> torch.Tensor:
         """MLP(mlp_in) (B) plus the first-order term when ``model.first_order``."""
         out = self.mlp(mlp_in)
-        return out + self.linear(batch.cat, batch.cont) if self.linear is not None else out
+        return out + self.linear(batch.cat, batch.cont, batch.multi) if self.linear is not None else out
 
     def _factorizer(self, idx: list[int]) -> nn.Module | None:
         """Hadamard products for the pairs at positions ``idx`` (None if ``idx`` is empty)."""
@@ -129,7 +122,7 @@ class OptInterSearch(_OptInterBase):
         self.mlp = MLP(in_dim, cfg.mlp_dims, layer_norm=cfg.layer_norm, dropout=cfg.dropout)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        e_o = self.embed(batch.cat, batch.cont)  # B × F × s1
+        e_o = self.embed(batch.cat, batch.cont, batch.multi)  # B × F × s1
         e_m = self.cross(batch.pairs)  # B × P × s2
         e_f = self._factorized(self.factorize, e_o, batch)  # B × P × fac_dim
         e_b = self.block(e_m, e_f)  # B × P × W
@@ -189,7 +182,7 @@ class OptInterNet(_OptInterBase):
         return list(self._mem_names)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        e_o = self.embed(batch.cat, batch.cont)  # B × F × s1
+        e_o = self.embed(batch.cat, batch.cont, batch.multi)  # B × F × s1
         parts = [e_o.flatten(1)]
         if self.cross is not None:
             parts.append(self.cross(batch.pairs).flatten(1))  # B × M·s2

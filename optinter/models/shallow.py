@@ -28,20 +28,16 @@ from ..registry import register_model
 from .base import Batch, CTRModel
 
 
-def _cat_vocab(feature_map: FeatureMap) -> list[int]:
-    return [int(f.vocab_size) for f in feature_map.categorical]  # type: ignore[arg-type]
-
-
 class LR(CTRModel):
     """Logistic regression on the original features (naive): logit = Σ w_x + Σ w_j x_j + b."""
 
     def __init__(self, feature_map: FeatureMap, cfg: ModelConfig) -> None:
         super().__init__(feature_map)
-        self.linear = FieldBias(_cat_vocab(feature_map), len(feature_map.continuous))
+        self.linear = FieldBias.from_feature_map(feature_map)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """→ B logits."""
-        return self.linear(batch.cat, batch.cont)
+        return self.linear(batch.cat, batch.cont, batch.multi)
 
 
 class Poly2(LR):
@@ -64,7 +60,7 @@ class Poly2(LR):
         return self.cross(pairs).sum(dim=(1, 2))
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        return self.linear(batch.cat, batch.cont) + self.cross_logit(batch.pairs)
+        return self.linear(batch.cat, batch.cont, batch.multi) + self.cross_logit(batch.pairs)
 
     def named_param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         cross = list(self.cross.parameters())
@@ -77,15 +73,15 @@ class FM(LR):
 
     def __init__(self, feature_map: FeatureMap, cfg: ModelConfig) -> None:
         super().__init__(feature_map, cfg)
-        self.embedding = FieldEmbedding(_cat_vocab(feature_map), len(feature_map.continuous), cfg.embed_dim)
+        self.embedding = FieldEmbedding.from_feature_map(feature_map, cfg.embed_dim)
 
     def interaction(self, e: torch.Tensor) -> torch.Tensor:
         """e: B × F × D → B."""
         return fm_second_order(e)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        e = self.embedding(batch.cat, batch.cont)
-        return self.linear(batch.cat, batch.cont) + self.interaction(e)
+        e = self.embedding(batch.cat, batch.cont, batch.multi)
+        return self.linear(batch.cat, batch.cont, batch.multi) + self.interaction(e)
 
 
 class FwFM(FM):
