@@ -4,9 +4,9 @@ The preprocessing stage writes, into its output folder::
 
     feature_map.json
     train/part-00000.parquet ...   # one int32 column per categorical field and per pair,
-    valid/part-00000.parquet ...   # one float32 column per continuous field,
-    test/part-00000.parquet  ...   # and the label column (float32, 0.0 / 1.0)
-    summary.json
+    valid/part-00000.parquet ...   # one list<int32> column per multivalent field,
+    test/part-00000.parquet  ...   # one float32 column per continuous field,
+    summary.json                   # and the label column (float32, 0.0 / 1.0)
 
 Model code reads *only* this file and those parquet folders.
 
@@ -21,6 +21,16 @@ Id conventions (FuxiCTR's tokenizer habit):
 So a categorical field or pair with ``k`` kept values has ``vocab_size == k + 2``.
 A pair id is a function of the two *encoded* field ids (``key = id_a * vocab_b + id_b``), never
 of concatenated strings.
+
+Multivalent fields (``FieldSpec.multivalent``, declared by the schema, e.g. iPinYou's
+``usertag``): a cell holds a list of tokens (``"10063,10110,13866"``). Its vocabulary counts each
+distinct token once per train row (duplicates within a row count once) and follows the id rules
+above; a row is stored as the list of the ids of its distinct non-empty tokens in first-occurrence
+order (an OOV token gives ``OOV_ID``), truncated to the field's ``max_len`` (the first tokens are
+kept); an empty or missing cell is the empty list (the model pools it to the zero vector). The
+models mean-pool the token embeddings. A cross-product of two token *sets* is not one value, so
+multivalent fields never take part in ``pairs``; :attr:`FeatureMap.categorical` lists only the
+univalent categorical fields, :attr:`FeatureMap.multivalent` the multivalent ones.
 """
 
 from __future__ import annotations
@@ -49,7 +59,9 @@ class FieldSpec:
     ``kind`` is ``"categorical"`` (int32 ids; ``vocab_size`` set) or ``"continuous"`` (float32 in
     [0, 1] after min-max scaling; ``min``/``max`` set). ``source`` names the raw column it came
     from (a bucketized continuous column keeps its raw name as source). ``multivalent`` fields
-    store a list of ids per row (mean-pooled by the model).
+    (always categorical) store a list of at most ``max_len`` ids per row (parquet
+    ``list<int32>``; mean-pooled by the model); ``max_len`` is None for every other field and is
+    then left out of the JSON.
     """
 
     name: str
@@ -63,17 +75,25 @@ class FieldSpec:
     bucketized: bool = False
     multivalent: bool = False
     missing_train: int = 0
+    max_len: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("categorical", "continuous"):
             raise ValueError(f"field {self.name!r}: kind must be categorical or continuous, got {self.kind!r}")
         if self.kind == "categorical" and (self.vocab_size is None or self.vocab_size < FIRST_ID):
             raise ValueError(f"field {self.name!r}: categorical field needs vocab_size >= {FIRST_ID}")
+        if self.multivalent:
+            if self.kind != "categorical":
+                raise ValueError(f"field {self.name!r}: a multivalent field must be categorical")
+            if not isinstance(self.max_len, int) or self.max_len < 1:
+                raise ValueError(f"field {self.name!r}: a multivalent field needs max_len >= 1, got {self.max_len!r}")
+        elif self.max_len is not None:
+            raise ValueError(f"field {self.name!r}: max_len is only for multivalent fields")
 
 
 @dataclass
 class PairSpec:
-    """A cross-product feature over two categorical fields (``fields[0] < fields[1]`` in field order)."""
+    """A cross-product feature over two univalent categorical fields (``fields[0] < fields[1]`` in field order)."""
 
     name: str
     fields: tuple[str, str]
@@ -167,6 +187,9 @@ class FeatureMap:
             d["splits"][s]["pos_ratio"] = info.pos_ratio
         for p in d["pairs"]:
             p["fields"] = list(p["fields"])
+        for f in d["fields"]:
+            if f["max_len"] is None:  # univalent fields: the format of maps without multivalent fields
+                del f["max_len"]
         return d
 
     @classmethod

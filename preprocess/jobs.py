@@ -9,13 +9,15 @@ per (pair, key range), reading only the slices a task needs, so memory depends o
 size, :data:`SLOT_ENTRIES` and the vocabulary sizes, not on the number of rows.
 
 1. :func:`ingest`      raw text → typed Arrow IPC (scratch) per split (bad-row checks, the seeded split,
-                        bucketized / derived fields, train value counts and min/max statistics)
+                        bucketized / derived fields, train value counts — token counts and the
+                        tokens-per-row histogram for multivalent fields — and min/max statistics)
 2. split               done inside ingest by :func:`preprocess.split.assign_split`
 3. :func:`fit_oov`     per-field reduce of the count tables → :class:`OOVThresholder`
 4. :func:`fit_minmax`  reduce of the min/max statistics → :class:`MinMaxScaler`
 5. :func:`encode_fields` + :func:`fit_cross` field ids per split, cross counts on train →
                         :class:`CrossVocab`
-6. :func:`encode_pairs` final parquet: field ids, pair ids, continuous values, label
+6. :func:`encode_pairs` final parquet: field ids (``list<int32>`` for multivalent fields, see
+                        :mod:`preprocess.multivalent`), pair ids, continuous values, label
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from preprocess.errors import PreprocessError
 from preprocess.feature_map import pair_column
 from preprocess.io import Block, parse_block, read_range
 from preprocess.minmax import MinMaxScaler, bucket_tokens
+from preprocess.multivalent import count_tokens, encode_tokens
 from preprocess.oov import OOVThresholder, count_values, reduce_counts
 from preprocess.split import SPLIT_NAMES, assign_split
 
@@ -90,7 +93,7 @@ def ingest_block(block: Block, spec: dict[str, Any]) -> dict[str, Any]:
     bad = parsed["bad"]
     res: dict[str, Any] = {"index": block.index, "n_lines": parsed["n_lines"],
                            "bad_counts": dict(Counter(r for _, r, _ in bad)), "bad": bad[:MAX_BAD_EXAMPLES],
-                           "rows": [0, 0, 0], "positives": [0, 0, 0], "minmax": None}
+                           "rows": [0, 0, 0], "positives": [0, 0, 0], "minmax": None, "multi_hist": {}}
     if bad and spec["on_bad_rows"] == "error":
         return res
     t = parsed["table"]
@@ -123,8 +126,14 @@ def ingest_block(block: Block, spec: dict[str, Any]) -> dict[str, Any]:
         res["rows"][s] = k
         res["positives"][s] = int(label_np[mask].sum())
         if s == 0:
+            multi = spec.get("multivalent", {})
             for fi, name in enumerate(spec["cat_fields"]):
-                feather.write_feather(count_values(sub[name]), work / "counts" / f"f{fi:03d}" / f"b{block.index:05d}.arrow",
+                if name in multi:
+                    counts, hist = count_tokens(sub[name], multi[name])
+                    res["multi_hist"][name] = hist.tolist()
+                else:
+                    counts = count_values(sub[name])
+                feather.write_feather(counts, work / "counts" / f"f{fi:03d}" / f"b{block.index:05d}.arrow",
                                       compression="uncompressed")
             res["minmax"] = MinMaxScaler.partial_stats({f: sub[f].to_numpy() for f in spec["cont_fields"]})
     return res
@@ -212,6 +221,9 @@ def _slot_bases(buckets: list[tuple[int, int, int]]) -> np.ndarray:
 def encode_fields_part(item: tuple[str, int], spec: dict[str, Any]) -> dict[str, Any]:
     """Task: typed part → field ids / scaled values (``enc/``); on train also cross count tables.
 
+    Multivalent fields (``spec["multivalent"]``: name → token separator) become ``list<int32>``
+    columns truncated to ``spec["max_len"][name]``.
+
     The count tables of a train part go to ``xcounts/bNNNNN.{keys,counts,offs}``: int64 keys and
     int32 counts of every (pair, key range) slot one after the other, ``offs`` the int64 slot starts.
     """
@@ -222,8 +234,12 @@ def encode_fields_part(item: tuple[str, int], spec: dict[str, Any]) -> dict[str,
     mm = _load_minmax(str(work / "minmax.json"))
     cols: dict[str, Any] = {spec["label"]: pa.array(t[spec["label"]].to_numpy().astype(np.float32))}
     ids: dict[str, np.ndarray] = {}
+    multi = spec.get("multivalent", {})
     for name, kind, _, _ in spec["fields"]:
-        if kind == "categorical":
+        if name in multi:
+            cols[name] = encode_tokens(t[name], multi[name], functools.partial(oov.transform_column, name),
+                                       spec["max_len"][name])
+        elif kind == "categorical":
             ids[name] = oov.transform_column(name, t[name])
             cols[name] = pa.array(ids[name])
         else:

@@ -4,7 +4,7 @@ The output folder (``cfg.out``) receives::
 
     feature_map.json            the contract read by the models (preprocess.feature_map)
     summary.json                rows read / rejected per reason / per split, vocab sizes, seconds per job
-    {train,valid,test}/part-NNNNN.parquet
+    {train,valid,test}/part-NNNNN.parquet   (multivalent fields: list<int32> columns)
     vocab/fields.json           OOVThresholder (kept values and counts per field)
     vocab/cross.json, .npz      CrossVocab (kept pair keys and counts)
     vocab/minmax.json           MinMaxScaler
@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from preprocess import jobs
 from preprocess.atomic import atomic_output_dir
 from preprocess.cluster import dask_client
@@ -32,8 +34,9 @@ from preprocess.cross_vocab import CrossVocab
 from preprocess.errors import BAD_REASONS, PreprocessError
 from preprocess.feature_map import FeatureMap, FieldSpec, PairSpec, SplitInfo, fingerprint, pair_column
 from preprocess.io import Block, decompress, expand_inputs, file_signature, is_gzip, plan_blocks, read_header
+from preprocess.multivalent import resolve_max_len
 from preprocess.oov import OOVThresholder
-from preprocess.schema import CONTINUOUS_MODES, DatasetSchema, get_schema
+from preprocess.schema import CONTINUOUS_MODES, MAX_LEN_CAP, DatasetSchema, get_schema
 from preprocess.split import SPLIT_NAMES, check_ratios
 
 log = logging.getLogger(__name__)
@@ -194,7 +197,7 @@ def _run(cfg: PreprocessConfig, schema: DatasetSchema, inputs: list[tuple[int | 
         "keep": keep, "continuous": rs.continuous, "fields": rs.fields, "derived": derived,
         "cat_fields": rs.cat_fields, "cont_fields": rs.cont_fields, "cross_fields": rs.cross_fields,
         "pairs": pairs, "seed": cfg.seed, "ratios": check_ratios(cfg.ratios), "on_bad_rows": cfg.on_bad_rows,
-        "n_workers": cfg.n_workers,
+        "n_workers": cfg.n_workers, "multivalent": dict(rs.multivalent),
     }
     log.info("%d input file(s), %d partitions, %d fields (%d categorical), %d pairs", len(inputs), len(blocks),
              len(rs.fields), len(rs.cat_fields), len(pairs))
@@ -214,6 +217,8 @@ def _run(cfg: PreprocessConfig, schema: DatasetSchema, inputs: list[tuple[int | 
     t0 = _timed(seconds, "ingest", t0)
     log.info("ingest: %d rows read, %d rejected %s, rows per split %s (%.1fs)", rows_read, sum(rejected.values()),
              rejected, rows, seconds["ingest"])
+    multi_stats = _multivalent_stats(rs.multivalent, rs.max_len, results)
+    spec["max_len"] = {name: st["max_len"] for name, st in multi_stats.items()}
     # -- 3. OOV / 4. min-max --------------------------------------------------------------------------------------
     oov = OOVThresholder(schema.oov_threshold, cfg.field_thresholds)
     jobs.fit_oov(client, spec, oov)
@@ -246,7 +251,11 @@ def _run(cfg: PreprocessConfig, schema: DatasetSchema, inputs: list[tuple[int | 
     mm.save(tmp / "vocab" / "minmax.json")
     fields = []
     for name, kind, source, bucketized in rs.fields:
-        if kind == "categorical":
+        if name in rs.multivalent:
+            fields.append(FieldSpec(name=name, kind=kind, column=name, source=source, vocab_size=oov.vocab_size(name),
+                                    oov_threshold=oov.thresholds_[name], multivalent=True,
+                                    max_len=spec["max_len"][name]))
+        elif kind == "categorical":
             fields.append(FieldSpec(name=name, kind=kind, column=name, source=source, vocab_size=oov.vocab_size(name),
                                     oov_threshold=oov.thresholds_[name], bucketized=bucketized))
         else:
@@ -268,9 +277,36 @@ def _run(cfg: PreprocessConfig, schema: DatasetSchema, inputs: list[tuple[int | 
                       schema=schema.to_dict(), settings={**settings, "inputs": input_sigs}, content_hash=content_hash)
     fmap.save(tmp / "feature_map.json")
     _timed(seconds, "write_feature_map", t0)
-    return {
+    summary = {
         "dataset": schema.name, "rows_read": rows_read, "rows_rejected": rejected, "rows": rows,
         "positives": positives, "partitions": len(blocks), "n_fields": len(fields), "n_pairs": len(pair_specs),
         "vocab_sizes": {f: oov.vocab_size(f) for f in rs.cat_fields},
         "pair_vocab_sizes": {p.name: p.vocab_size for p in pair_specs}, "content_hash": content_hash,
     }
+    if multi_stats:
+        summary["multivalent"] = multi_stats
+    return summary
+
+
+def _multivalent_stats(multivalent: dict[str, str], configured: dict[str, int | None],
+                       results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per multivalent field: ``max_len`` (configured, or from train capped at MAX_LEN_CAP) and train
+    figures (most / mean distinct tokens of a row, rows without tokens, rows truncated)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, sep in multivalent.items():
+        hist = np.zeros(1, dtype=np.int64)
+        for r in results:
+            h = np.asarray(r.get("multi_hist", {}).get(name, []), dtype=np.int64)
+            hist = np.pad(hist, (0, max(0, len(h) - len(hist))))
+            hist[: len(h)] += h
+        max_len = resolve_max_len(configured.get(name), hist, MAX_LEN_CAP)
+        n = int(hist.sum())
+        st = {"separator": sep, "max_len": max_len, "max_tokens_train": int(np.flatnonzero(hist)[-1]) if n else 0,
+              "mean_tokens_train": round(float(np.arange(len(hist)) @ hist) / n, 4) if n else 0.0,
+              "empty_rows_train": int(hist[0]), "truncated_rows_train": int(hist[max_len + 1:].sum())}
+        if st["truncated_rows_train"]:
+            log.warning("multivalent field %r: %d train rows have more than max_len=%d tokens (max %d); their first "
+                        "%d tokens are kept", name, st["truncated_rows_train"], max_len, st["max_tokens_train"], max_len)
+        log.info("multivalent field %r: %s", name, st)
+        out[name] = st
+    return out

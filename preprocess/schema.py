@@ -18,6 +18,15 @@ dataset is described by a small YAML file with the same keys (:func:`load_schema
   missing is its own token), then it is OOV-thresholded and can take part in crosses;
 * ``"both"`` — a categorical bucket field named like the column plus a continuous min-max field
   named ``<column>_v``.
+
+Multivalent (list-valued) categorical columns, e.g. iPinYou's ``usertag`` (``"10063,10110"`` in a
+tab-separated file), are declared with ``multivalent: {column or glob: token separator}``; the
+separator must differ from the file separator ``sep``; such a column is categorical (it need not be
+listed under ``categorical``) and may not also be continuous, dropped or the label.
+``max_len`` (one int for every multivalent field, or ``{column or glob: int}``) bounds the ids
+stored per row; the default is the largest number of distinct tokens of a train row, capped at
+:data:`MAX_LEN_CAP`; longer rows keep their first tokens. Multivalent fields never take part in
+crosses: the default ``cross_fields`` leaves them out, and naming one there is an error.
 """
 
 from __future__ import annotations
@@ -33,6 +42,9 @@ from preprocess.errors import PreprocessError
 CONTINUOUS_MODES = ("minmax", "bucketize", "both")
 DERIVED_FUNCS = ("hour_of_day", "weekday")
 CONTINUOUS_SUFFIX = "_v"
+#: Default ``max_len`` of a multivalent field is min(largest distinct-token count of a train row, this).
+MAX_LEN_CAP = 64
+_GLOB = "*?["
 
 
 @dataclass
@@ -64,9 +76,13 @@ class DatasetSchema:
     cross_threshold: int = 1
     continuous_mode: str = "minmax"
     cross_fields: list[str] | None = None
+    multivalent: dict[str, str] = field(default_factory=dict)
+    max_len: int | dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         self.derived = [d if isinstance(d, DerivedColumn) else DerivedColumn(**d) for d in self.derived]
+        if isinstance(self.multivalent, dict):
+            self.multivalent = dict(self.multivalent)
         self.validate()
 
     def validate(self, where: str | None = None) -> None:
@@ -92,11 +108,36 @@ class DatasetSchema:
         for d in self.derived:
             if d.fn not in DERIVED_FUNCS:
                 raise bad("derived", f"{d.name!r}: fn must be one of {DERIVED_FUNCS}, got {d.fn!r}")
+        if not isinstance(self.multivalent, dict):
+            raise bad("multivalent", f"must be a mapping of column (or glob) to token separator, got {self.multivalent!r}")
+        for col, tok in self.multivalent.items():
+            if not isinstance(col, str) or not col:
+                raise bad("multivalent", f"column names must be non-empty strings, got {col!r}")
+            if not isinstance(tok, str) or not tok or "\n" in tok or "\r" in tok:
+                raise bad("multivalent", f"{col!r}: the token separator must be a non-empty string, got {tok!r}")
+            if self.sep in tok:
+                raise bad("multivalent", f"{col!r}: the token separator {tok!r} must differ from the file separator "
+                                         f"(sep = {self.sep!r})")
+
+        def bad_len(v: Any) -> bool:
+            return not isinstance(v, int) or isinstance(v, bool) or v < 1
+
+        if isinstance(self.max_len, dict):
+            for col, v in self.max_len.items():
+                if bad_len(v):
+                    raise bad("max_len", f"{col!r}: must be an integer >= 1, got {v!r}")
+        elif self.max_len is not None and bad_len(self.max_len):
+            raise bad("max_len", f"must be an integer >= 1 or a mapping of column to integer, got {self.max_len!r}")
+        if self.max_len is not None and not self.multivalent:
+            raise bad("max_len", "is only for multivalent columns, and the schema declares none ('multivalent')")
         if self.columns is not None:
             self.resolve(self.columns, where=where)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.multivalent:  # schemas without multivalent columns keep their former form (and hash)
+            del d["multivalent"], d["max_len"]
+        return d
 
     # ---- resolution against the real header -------------------------------------------------------
     def resolve(self, header: list[str], where: str | None = None) -> "ResolvedSchema":
@@ -112,7 +153,7 @@ class DatasetSchema:
             out: list[str] = []
             for p in patterns:
                 hits = [c for c in cols if fnmatch.fnmatchcase(c, p)]
-                if not hits and not any(ch in p for ch in "*?["):
+                if not hits and not any(ch in p for ch in _GLOB):
                     raise PreprocessError(f"{where}: key {key!r}: unknown column {p!r} (columns: {cols})",
                                           reason="schema")
                 out += [c for c in hits if c not in out]
@@ -131,8 +172,11 @@ class DatasetSchema:
         taken = {self.label} | drop
         cont = [c for c in match("continuous", self.continuous) if c not in taken]
         taken |= set(cont)
+        multi = self._resolve_multivalent(match, drop, set(cont), sources, where)
+        multi = {c: multi[c] for c in cols if c in multi}
         cat = [c for c in match("categorical", self.categorical)
                if c not in taken and (c not in sources or c in self.categorical)]
+        cat = [c for c in cols if c in cat or c in multi]
         taken |= set(cat)
         left = [c for c in cols if c not in taken and c not in sources]
         if left:
@@ -157,12 +201,16 @@ class DatasetSchema:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise PreprocessError(f"{where}: field names {sorted(dup)} are not unique", reason="schema")
-        cat_fields = [f[0] for f in fields if f[1] == "categorical"]
+        cat_fields = [f[0] for f in fields if f[1] == "categorical" and f[0] not in multi]
         if self.cross_fields is None:
             cross = list(cat_fields)
         else:
             cross = []
             for p in self.cross_fields:
+                if p in multi:
+                    raise PreprocessError(f"{where}: key 'cross_fields': {p!r} is a multivalent field; multivalent "
+                                          f"fields take no part in pairs (a cross of two token sets is not one "
+                                          f"value)", reason="schema")
                 hits = [n for n in cat_fields if fnmatch.fnmatchcase(n, p)]
                 if not hits:
                     raise PreprocessError(f"{where}: key 'cross_fields': {p!r} matches no categorical field "
@@ -170,14 +218,46 @@ class DatasetSchema:
                 cross += [h for h in hits if h not in cross]
             cross = [n for n in cat_fields if n in cross]  # field order
         return ResolvedSchema(schema=self, columns=cols, label=self.label, categorical=cat, continuous=cont,
-                              drop=sorted(drop), fields=fields, cross_fields=cross)
+                              drop=sorted(drop), fields=fields, cross_fields=cross, multivalent=multi,
+                              max_len=self._resolve_max_len(multi, where))
+
+    def _resolve_multivalent(self, match: Any, drop: set[str], cont: set[str], sources: set[str],
+                             where: str) -> dict[str, str]:
+        """``{column: token separator}`` of the multivalent columns (checked against the other keys)."""
+        out: dict[str, str] = {}
+        for pattern, tok in self.multivalent.items():
+            for c in match("multivalent", [pattern]):
+                for what, group in (("the label", {self.label}), ("dropped ('drop')", drop),
+                                    ("continuous ('continuous')", cont), ("a derived field's source", sources)):
+                    if c in group:
+                        raise PreprocessError(f"{where}: key 'multivalent': column {c!r} is {what}; a multivalent "
+                                              f"column is categorical", reason="schema")
+                out.setdefault(c, tok)
+        return out
+
+    def _resolve_max_len(self, multi: dict[str, str], where: str) -> dict[str, int | None]:
+        """Configured ``max_len`` per multivalent column (None = from train, capped at MAX_LEN_CAP)."""
+        if not isinstance(self.max_len, dict):
+            return {c: self.max_len for c in multi}
+        out: dict[str, int | None] = {c: None for c in multi}
+        for pattern, v in self.max_len.items():
+            hits = [c for c in multi if fnmatch.fnmatchcase(c, pattern)]
+            if not hits and not any(ch in pattern for ch in _GLOB):
+                raise PreprocessError(f"{where}: key 'max_len': {pattern!r} is not a multivalent column "
+                                      f"(multivalent: {list(multi)})", reason="schema")
+            for c in hits:
+                if out[c] is None:
+                    out[c] = v
+        return out
 
 
 @dataclass
 class ResolvedSchema:
     """A schema matched against real column names.
 
-    ``fields`` lists ``(name, kind, source, bucketized)`` in model order.
+    ``fields`` lists ``(name, kind, source, bucketized)`` in model order (a multivalent field is
+    categorical there); ``multivalent`` maps each multivalent field to its token separator and
+    ``max_len`` to its configured length (None = from train).
     """
 
     schema: DatasetSchema
@@ -188,9 +268,12 @@ class ResolvedSchema:
     drop: list[str]
     fields: list[tuple[str, str, str, bool]]
     cross_fields: list[str]
+    multivalent: dict[str, str] = field(default_factory=dict)
+    max_len: dict[str, int | None] = field(default_factory=dict)
 
     @property
     def cat_fields(self) -> list[str]:
+        """Every categorical field, univalent and multivalent (each gets an OOV vocabulary)."""
         return [f[0] for f in self.fields if f[1] == "categorical"]
 
     @property
@@ -227,7 +310,9 @@ AVAZU = DatasetSchema(
 )
 
 # make-ipinyou-data's train.log.txt / test.log.txt: tab-separated with a header.  The 16
-# categorical fields used by PNN / OptInter; ``usertag`` is removed as in the paper, and ids,
+# categorical fields used by PNN / OptInter, plus ``usertag`` (comma-separated user tag ids) as a
+# multivalent field (mean-pooled; it takes no part in pairs, so the 120 pairs are the paper's; the
+# paper removes usertag: add it to ``drop`` in a YAML copy of this schema to match that); ids,
 # prices and free-text urls are dropped.
 IPINYOU_COLUMNS = ["click", "weekday", "hour", "bidid", "timestamp", "logtype", "ipinyouid", "useragent", "IP",
                    "region", "city", "adexchange", "domain", "url", "urlid", "slotid", "slotwidth", "slotheight",
@@ -238,7 +323,8 @@ IPINYOU = DatasetSchema(
     categorical=["weekday", "hour", "useragent", "IP", "region", "city", "adexchange", "domain", "slotid",
                  "slotwidth", "slotheight", "slotvisibility", "slotformat", "slotprice", "creative", "advertiser"],
     drop=["bidid", "timestamp", "logtype", "ipinyouid", "url", "urlid", "bidprice", "payprice", "keypage",
-          "usertag", "nclick*", "nconversation*"],
+          "nclick*", "nconversation*"],
+    multivalent={"usertag": ","},
     oov_threshold=5, cross_threshold=5,
 )
 
@@ -281,6 +367,8 @@ def load_schema_yaml(path: str | Path) -> DatasetSchema:
         elif v is not None and not isinstance(v, list):
             raise PreprocessError(f"key {key!r}: must be a list of column names or patterns", file=str(path),
                                   reason="schema")
+    if "multivalent" in d and d["multivalent"] is None:
+        d["multivalent"] = {}
     if "derived" in d:
         if not isinstance(d["derived"], list) or not all(isinstance(x, dict) for x in d["derived"]):
             raise PreprocessError("key 'derived': must be a list of {name, source, fn}", file=str(path),

@@ -26,7 +26,7 @@ def test_builtin_schemas_resolve() -> None:
     names = [f[0] for f in ra.fields]
     assert "id" not in names and "hour" not in names and names[-2:] == ["hour_of_day", "weekday"] and len(names) == 23
     ri = IPINYOU.resolve(IPINYOU_COLUMNS)
-    assert len(ri.fields) == 16 and "usertag" in ri.drop
+    assert len(ri.fields) == 17 and ri.multivalent == {"usertag": ","} and len(ri.pairs) == 120
     rsyn = SYNTHETIC.resolve(["label", "p_true", "c0", "c1", "c2", "n0", "n1"])
     assert rsyn.cat_fields == ["c0", "c1", "c2"] and rsyn.cont_fields == ["n0", "n1"] and rsyn.drop == ["p_true"]
 
