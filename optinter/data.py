@@ -2,8 +2,10 @@
 
 Reads ``<data_dir>/<split>/*.parquet`` (the layout of ``feature_map.json``) in chunks of at most
 ``chunk_rows`` rows per record batch, only the columns the model needs (categorical ids,
-continuous values, the label, and the pair columns the model asks for). Columns are converted
-to numpy/torch column-wise (no per-row Python).
+multivalent id lists, continuous values, the label, and the pair columns the model asks for).
+Columns are converted to numpy/torch column-wise (no per-row Python); a multivalent field's
+``list<int32>`` column is turned into a padded n × L block from the Arrow list offsets and values
+(L = the largest ``max_len`` of the feature map's multivalent fields, PAD = 0).
 
 Training order is deterministic per (seed, epoch): the list of row groups is permuted, chunks
 are collected into a shuffle buffer of about ``shuffle_buffer`` rows, and the buffer is permuted
@@ -59,10 +61,13 @@ def check_split_schema(
     """Check that every file of ``split`` has the needed columns with usable types; return its rows.
 
     Raises ValueError naming the file and column on a missing column or a wrong type.
+    Multivalent fields need a list column of integers.
     """
     need: dict[str, str] = {fmap.label: "float"}
     for f in fmap.categorical:
         need[f.column] = "int"
+    for f in fmap.multivalent:
+        need[f.column] = "list<int>"
     for f in fmap.continuous:
         need[f.column] = "float"
     pcol = {p.name: p.column for p in fmap.pairs}
@@ -79,7 +84,12 @@ def check_split_schema(
             if idx < 0:
                 raise ValueError(f"{path}: missing column {col!r} needed by the model")
             t = schema.field(idx).type
-            ok = pa.types.is_integer(t) if kind == "int" else (pa.types.is_floating(t) or pa.types.is_integer(t))
+            if kind == "list<int>":
+                ok = (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
+            elif kind == "int":
+                ok = pa.types.is_integer(t)
+            else:
+                ok = pa.types.is_floating(t) or pa.types.is_integer(t)
             if not ok:
                 raise ValueError(f"{path}: column {col!r} has type {t}, expected {kind}")
         rows += meta.metadata.num_rows
@@ -134,10 +144,14 @@ class ParquetBatches:
             raise ValueError(f"pairs {missing[:5]} are not in the feature map")
         self.cat_cols = [f.column for f in fmap.categorical]
         self.cat_vocab = np.array([f.vocab_size for f in fmap.categorical], dtype=np.int64)
+        self.multi_cols = [f.column for f in fmap.multivalent]
+        self.multi_vocab = [int(f.vocab_size) for f in fmap.multivalent]
+        self.multi_max_len = [int(f.max_len) for f in fmap.multivalent]
+        self.multi_len = max(self.multi_max_len, default=0)  # L of batch.multi
         self.cont_cols = [f.column for f in fmap.continuous]
         self.pair_cols = [pairs[n].column for n in pair_names]
         self.pair_vocab = np.array([pairs[n].vocab_size for n in pair_names], dtype=np.int64)
-        self.columns = self.cat_cols + self.cont_cols + self.pair_cols + [fmap.label]
+        self.columns = self.cat_cols + self.multi_cols + self.cont_cols + self.pair_cols + [fmap.label]
         self.units: list[_Unit] = []
         for path in split_files(data_dir, fmap, split):
             md = pq.ParquetFile(path).metadata
@@ -177,6 +191,33 @@ class ParquetBatches:
             out[k] = col.to_numpy(zero_copy_only=False)
         return out
 
+    def _pad_lists(self, rb: pa.RecordBatch, path: Path) -> np.ndarray:
+        """n × Fm × L int32: each row's id list left-aligned, PAD (0) after it (no per-row work)."""
+        n = rb.num_rows
+        out = np.zeros((n, len(self.multi_cols), self.multi_len), dtype=np.int32)
+        pos = np.arange(self.multi_len)
+        for k, c in enumerate(self.multi_cols):
+            col = rb.column(c)
+            if col.null_count:
+                raise ValueError(f"{path}: column {c!r} has {col.null_count} missing lists")
+            offsets = col.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+            lengths = np.diff(offsets)
+            if n and lengths.max() > self.multi_max_len[k]:
+                raise ValueError(f"{path}: column {c!r} has a list of {lengths.max()} ids, longer than its max_len "
+                                 f"{self.multi_max_len[k]}; data does not match feature_map.json")
+            child = col.values.slice(offsets[0], offsets[-1] - offsets[0]) if n else col.values.slice(0, 0)
+            if child.null_count:
+                raise ValueError(f"{path}: column {c!r} has {child.null_count} missing ids inside its lists")
+            vals = child.to_numpy(zero_copy_only=False)
+            if self.check_ids and vals.size and (vals.max() >= self.multi_vocab[k] or vals.min() < 0):
+                raise ValueError(
+                    f"{path}: column {c!r} has ids outside [0, {self.multi_vocab[k]}) (max {vals.max()}); "
+                    f"data does not match feature_map.json"
+                )
+            view = out[:, k, :]
+            view[pos[None, :] < lengths[:, None]] = vals  # row-major order of the kept slots = list order
+        return out
+
     def _convert(self, rb: pa.RecordBatch, path: Path) -> dict[str, np.ndarray]:
         cat = self._stack(rb, self.cat_cols, np.int32, path)
         pairs = self._stack(rb, self.pair_cols, np.int32, path)
@@ -193,6 +234,7 @@ class ParquetBatches:
         # one blocked transpose per chunk → row-major n × K buffers (row gathers and slices are fast)
         return {
             "cat": np.ascontiguousarray(cat.T),
+            "multi": self._pad_lists(rb, path),
             "cont": np.ascontiguousarray(self._stack(rb, self.cont_cols, np.float32, path).T),
             "pairs": np.ascontiguousarray(pairs.T),
             "label": np.array(rb.column(self.fmap.label).to_numpy(zero_copy_only=False), dtype=np.float32),
@@ -214,12 +256,13 @@ class ParquetBatches:
 
     @staticmethod
     def _to_batch(arrs: dict[str, np.ndarray], sl: slice) -> Batch:
-        """Rows ``sl`` of the row-major buffers → B × K tensors (int64 ids)."""
+        """Rows ``sl`` of the row-major buffers → B × K tensors (int64 ids; multi B × Fm × L)."""
         return Batch(
             torch.from_numpy(arrs["cat"][sl].astype(np.int64)),
             torch.from_numpy(arrs["cont"][sl].copy()),
             torch.from_numpy(arrs["pairs"][sl].astype(np.int64)),
             torch.from_numpy(arrs["label"][sl].copy()),
+            torch.from_numpy(arrs["multi"][sl].astype(np.int64)),
         )
 
     def _iter_ordered(self) -> Iterator[Batch]:
