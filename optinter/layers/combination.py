@@ -41,6 +41,56 @@ from ..config import RELAXATIONS
 EVAL_WEIGHTS = ("expected", "argmax")
 
 
+class _FactorizeCombine(torch.autograd.Function):
+    """Fused Hadamard products (eq. 14) and mixing (eq. 18) with a hand-written backward.
+
+    forward(emb B × F × Df, e_m B × P × Dm, w P × 3, left P, right P) → B × P × W, W = max(Df, Dm):
+    ``out[:, p] = w[p, 0] · pad(e_m[:, p]) + w[p, 1] · pad(emb[:, left[p]] ⊙ emb[:, right[p]])``.
+    It computes the same numbers as the unfused :meth:`CombinationBlock.forward` over
+    :class:`~optinter.layers.cross.HadamardPairs`, with fewer passes over the B × P × W tensors
+    (the search step's main cost after the MLP): no separate padding/concatenation, one
+    ``index_add_`` per side for the field-embedding gradient.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, emb: torch.Tensor, e_m: torch.Tensor, w: torch.Tensor, left: torch.Tensor, right: torch.Tensor
+    ) -> torch.Tensor:
+        ea, eb = emb.index_select(1, left), emb.index_select(1, right)
+        prod = ea * eb  # B × P × Df
+        d_f, d_m = emb.shape[-1], e_m.shape[-1]
+        w_m, w_f = w[:, 0].view(1, -1, 1), w[:, 1].view(1, -1, 1)
+        if d_f >= d_m:
+            out = prod * w_f
+            out[..., :d_m].addcmul_(e_m, w_m)
+        else:
+            out = e_m * w_m
+            out[..., :d_f].addcmul_(prod, w_f)
+        ctx.save_for_backward(ea, eb, prod, e_m, w, left, right)
+        ctx.num_fields = emb.shape[1]
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        ea, eb, prod, e_m, w, left, right = ctx.saved_tensors
+        d_f, d_m = ea.shape[-1], e_m.shape[-1]
+        g_f, g_m = grad[..., :d_f], grad[..., :d_m]
+        w_m, w_f = w[:, 0].view(1, -1, 1), w[:, 1].view(1, -1, 1)
+        d_emb = d_em = d_w = None
+        if ctx.needs_input_grad[0]:
+            t = g_f * w_f
+            d_emb = grad.new_zeros(grad.shape[0], ctx.num_fields, d_f)
+            d_emb.index_add_(1, left, t * eb).index_add_(1, right, t.mul_(ea))
+        if ctx.needs_input_grad[1]:
+            d_em = g_m * w_m
+        if ctx.needs_input_grad[2]:
+            d_w = torch.zeros_like(w)
+            d_w[:, 0] = (g_m * e_m).sum(2).sum(0)  # (einsum would copy both operands for a bmm)
+            d_w[:, 1] = (g_f * prod).sum(2).sum(0)
+        return d_emb, d_em, d_w, None, None
+
+
 def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     """i.i.d. standard Gumbel noise −log(−log u) (CPU float32), drawn from ``generator``."""
     u = torch.rand(shape, generator=generator).clamp_(1e-10, 1.0 - 1e-7)
@@ -113,6 +163,17 @@ class CombinationBlock(nn.Module):
         wide, narrow = (e_f * w_f, e_m * w_m) if self.fac_dim > self.mem_dim else (e_m * w_m, e_f * w_f)
         k = narrow.shape[-1]
         return torch.cat([wide[..., :k] + narrow, wide[..., k:]], dim=-1)
+
+    def forward_factorized(
+        self, e_m: torch.Tensor, emb: torch.Tensor, left: torch.Tensor, right: torch.Tensor
+    ) -> torch.Tensor:
+        """Same as ``forward(e_m, emb[:, left] ⊙ emb[:, right])`` (eq. 14 + 18), fused.
+
+        e_m: B × P × mem_dim, emb: B × F × fac_dim (the field embeddings the pairs factorize
+        from), left/right: P field indices → B × P × W.
+        """
+        w = self.weights().to(e_m.dtype)
+        return _FactorizeCombine.apply(emb, e_m, w, left, right)
 
     # ---- the noise generator and τ travel with the state dict ------------------------------------
     def get_extra_state(self) -> dict[str, Any]:

@@ -124,8 +124,12 @@ class OptInterSearch(_OptInterBase):
     def forward(self, batch: Batch) -> torch.Tensor:
         e_o = self.embed(batch.cat, batch.cont, batch.multi)  # B × F × s1
         e_m = self.cross(batch.pairs)  # B × P × s2
-        e_f = self._factorized(self.factorize, e_o, batch)  # B × P × fac_dim
-        e_b = self.block(e_m, e_f)  # B × P × W
+        # e^f (eq. 14) and the mixing (eq. 18) in one fused op: B × P × W
+        if isinstance(self.factorize, FactorizationTable):
+            fac_emb, had = self.factorize.table(batch.cat), self.factorize.hadamard  # B × Fc × s2
+        else:
+            fac_emb, had = e_o, self.factorize  # categorical fields come first in e^o
+        e_b = self.block.forward_factorized(e_m, fac_emb, had.left, had.right)
         return self._logit(torch.cat([e_o.flatten(1), e_b.flatten(1)], dim=1), batch)
 
     # ---- search-model protocol -------------------------------------------------------------------

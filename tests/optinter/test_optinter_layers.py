@@ -212,3 +212,34 @@ def test_build_errors(fmap):
         build_search_model("optinter_m", fmap, _cfg())
     with pytest.raises(ValueError, match="unknown model"):
         build_model("nope", fmap, _cfg())
+
+
+@pytest.mark.parametrize("fac_dim,mem_dim", [(4, 2), (2, 4), (3, 3)])
+def test_fused_factorize_combine_matches_unfused_values_and_gradients(fac_dim, mem_dim):
+    """forward_factorized == forward(e_m, HadamardPairs(emb)) in values and in the gradients of
+    emb, e_m and α (float64, eval weights so both paths use the same p), plus torch's gradcheck."""
+    torch.manual_seed(0)
+    pairs = [(0, 1), (0, 2), (2, 1), (3, 0), (1, 1)]  # a field may appear on both sides
+    had = HadamardPairs(pairs)
+    block = CombinationBlock(len(pairs), mem_dim, fac_dim, "softmax", tau=0.7).double().eval()
+    with torch.no_grad():
+        block.alpha.copy_(torch.randn(len(pairs), 3, dtype=torch.float64))
+    emb = torch.randn(6, 4, fac_dim, dtype=torch.float64, requires_grad=True)
+    e_m = torch.randn(6, len(pairs), mem_dim, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(6, len(pairs), max(fac_dim, mem_dim), dtype=torch.float64)
+
+    results = []
+    for fused in (True, False):
+        out = block.forward_factorized(e_m, emb, had.left, had.right) if fused else block(e_m, had(emb))
+        grads = torch.autograd.grad((out * grad_out).sum(), [emb, e_m, block.alpha])
+        results.append((out.detach(), grads))
+    (out_f, g_f), (out_u, g_u) = results
+    torch.testing.assert_close(out_f, out_u)
+    for a, b in zip(g_f, g_u):
+        torch.testing.assert_close(a, b)
+
+    w = torch.softmax(block.alpha.detach() / 0.7, dim=-1).requires_grad_(True)
+    from optinter.layers.combination import _FactorizeCombine
+
+    assert torch.autograd.gradcheck(lambda x, m, p: _FactorizeCombine.apply(x, m, p, had.left, had.right),
+                                    (emb, e_m, w))

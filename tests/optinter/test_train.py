@@ -65,6 +65,30 @@ def test_lazy_adam_l2_moves_only_touched_rows():
     assert moved.tolist() == [i in (1, 3) for i in range(10)]
 
 
+def test_lazy_adam_matches_torch_adam_on_touched_rows():
+    """Rows looked up every step follow torch's dense Adam (coupled L2) exactly; untouched rows and
+    their moments never change; repeated ids in a batch are summed first (like SparseAdam)."""
+    torch.manual_seed(0)
+    init = torch.randn(6, 3)
+    lazy = torch.nn.Embedding(6, 3, sparse=True)
+    ref = torch.nn.Embedding(4, 3)
+    with torch.no_grad():
+        lazy.weight.copy_(init)
+        ref.weight.copy_(init[:4])
+    opt_l = LazyAdam([{"params": [lazy.weight], "lr": 0.05, "weight_decay": 0.1}], eps=1e-6)
+    opt_r = torch.optim.Adam(ref.parameters(), lr=0.05, weight_decay=0.1, eps=1e-6)
+    ids = torch.tensor([[0, 1, 2, 3, 1], [3, 2, 1, 0, 0]])
+    for step in range(5):
+        target = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(step))
+        for emb, opt in ((lazy, opt_l), (ref, opt_r)):
+            opt.zero_grad()
+            ((emb(ids) - target) ** 2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(lazy.weight.detach()[:4], ref.weight.detach(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(lazy.weight.detach()[4:], init[4:])
+    assert torch.equal(opt_l.state[lazy.weight]["exp_avg"][4:], torch.zeros(2, 3))
+
+
 def test_tau_schedule_is_exponential():
     cfg = RunConfig().model
     cfg.tau_start, cfg.tau_end = 2.0, 0.02
