@@ -86,9 +86,15 @@ def data_summary_rows(data_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [
         {"item": "dataset", "value": fm.dataset},
         {"item": "categorical fields", "value": len(fm.categorical)},
+    ]
+    if fm.multivalent:
+        rows.append({"item": "multivalent fields (mean-pooled)",
+                     "value": ", ".join(f"{f.name} (max_len {f.max_len})" for f in fm.multivalent)})
+    rows += [
         {"item": "continuous fields", "value": len(fm.continuous)},
         {"item": "pairs (cross-product features)", "value": fm.num_pairs},
-        {"item": "original feature values (Σ vocab)", "value": sum(f.vocab_size or 0 for f in fm.categorical)},
+        {"item": "original feature values (Σ vocab)",
+         "value": sum(f.vocab_size or 0 for f in fm.categorical + fm.multivalent)},
         {"item": "cross feature values (Σ vocab)", "value": sum(p.vocab_size for p in fm.pairs)},
     ]
     for name, info in fm.splits.items():

@@ -293,3 +293,16 @@ def test_run_train_with_a_multivalent_field(encoded, tmp_path, model) -> None:
     if model == "optinter":  # searched, then re-trained
         assert m["n_memorize"] + m["n_factorize"] + m["n_naive"] == len(fm.pairs) == 3
         assert (tmp_path / model / "architecture.json").exists()
+
+
+def test_analyze_and_report_with_a_multivalent_field(encoded, tmp_path) -> None:
+    """Mutual information covers the univalent fields and the pairs; the data summary names the multivalent field."""
+    from optinter.analysis import run_analyze
+    from optinter.report import data_summary_rows
+
+    r = run_analyze(encoded, tmp_path / "an")
+    assert r["n_pairs"] == 3 and r["n_fields"] == 3
+    rows = {x["item"]: x["value"] for x in data_summary_rows(encoded)}
+    fm = FeatureMap.load(encoded)
+    assert rows["multivalent fields (mean-pooled)"] == f"tags (max_len {fm.field('tags').max_len})"
+    assert rows["original feature values (Σ vocab)"] == sum(f.vocab_size for f in fm.categorical + fm.multivalent)
