@@ -51,13 +51,30 @@ def split_tokens(strings: pa.Array, sep: str) -> tuple[np.ndarray, pa.Array]:
     return parents, flat
 
 
-def _dict_chunks(col: pa.Array | pa.ChunkedArray) -> list[pa.DictionaryArray]:
+def _dict_chunks(col: pa.Array | pa.ChunkedArray) -> list[tuple[pa.Array, np.ndarray]]:
+    """``(dictionary, indices)`` of each chunk, the dictionary reduced to the entries the rows use.
+
+    A partition's typed column shares the dictionary of its whole raw block (every split), so
+    compacting it first keeps the work proportional to the partition's own rows.
+    """
     chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
     out = []
     for ch in chunks:
         if not pa.types.is_dictionary(ch.type):
             ch = pc.dictionary_encode(ch.cast(pa.string()).fill_null(""))
-        out.append(ch)
+        d = ch.dictionary.cast(pa.string())
+        if ch.null_count:  # a null cell is an empty cell
+            d = pa.concat_arrays([d, pa.array([""])])
+            idx = np.where(ch.is_null().to_numpy(zero_copy_only=False), len(d) - 1,
+                           ch.indices.fill_null(0).to_numpy(zero_copy_only=False)).astype(np.int64)
+        else:
+            idx = ch.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        if len(idx) < len(d):
+            used = np.flatnonzero(np.bincount(idx, minlength=len(d)))
+            remap = np.zeros(len(d), dtype=np.int64)
+            remap[used] = np.arange(len(used))
+            d, idx = d.take(pa.array(used)), remap[idx]
+        out.append((d, idx))
     return out
 
 
@@ -69,11 +86,10 @@ def count_tokens(col: pa.Array | pa.ChunkedArray, sep: str) -> tuple[pa.Table, n
     """
     tables = []
     hist = np.zeros(1, dtype=np.int64)
-    for ch in _dict_chunks(col):
-        if len(ch) == 0:
+    for d, idx in _dict_chunks(col):
+        if len(idx) == 0:
             continue
-        d = ch.dictionary
-        rows_per_entry = np.bincount(ch.indices.to_numpy(zero_copy_only=False), minlength=len(d)).astype(np.int64)
+        rows_per_entry = np.bincount(idx, minlength=len(d)).astype(np.int64)
         parents, tokens = split_tokens(d, sep)
         n_tok = np.bincount(parents, minlength=len(d))
         h = np.bincount(n_tok, weights=rows_per_entry).astype(np.int64)
@@ -103,8 +119,7 @@ def encode_tokens(col: pa.Array | pa.ChunkedArray, sep: str, to_ids: Callable[[p
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
     out = []
-    for ch in _dict_chunks(col):
-        d = ch.dictionary
+    for d, idx in _dict_chunks(col):
         parents, tokens = split_tokens(d, sep)
         n_tok = np.bincount(parents, minlength=len(d))
         starts = np.cumsum(n_tok) - n_tok
@@ -114,7 +129,7 @@ def encode_tokens(col: pa.Array | pa.ChunkedArray, sep: str, to_ids: Callable[[p
         offsets = np.zeros(len(d) + 1, dtype=np.int32)
         np.cumsum(np.minimum(n_tok, max_len), out=offsets[1:])
         per_entry = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids, type=pa.int32()))
-        out.append(per_entry.take(ch.indices))
+        out.append(per_entry.take(pa.array(idx)))
     if not out:
         return pa.array([], type=pa.list_(pa.int32()))
     return pa.concat_arrays(out) if len(out) > 1 else out[0]

@@ -148,9 +148,12 @@ def test_count_and_encode_tokens_match_pure_python() -> None:
         enc = encode_tokens(col, ",", to_ids, max_len)
         assert enc.type == pa.list_(pa.int32())
         assert enc.to_pylist() == [ref_encode(c, voc, max_len) for c in rows]
-    # plain (not dictionary-encoded) and chunked columns give the same lists
+    # plain (not dictionary-encoded) and chunked columns give the same lists; a null cell is an empty one
     chunked = pa.chunked_array([pa.array(rows[:100]), pa.array(rows[100:])])
     assert encode_tokens(chunked, ",", to_ids, 4).to_pylist() == [ref_encode(c, voc, 4) for c in rows]
+    with_null = pa.array(rows[:50] + [None]).dictionary_encode()
+    assert encode_tokens(with_null, ",", to_ids, 4).to_pylist() == [ref_encode(c, voc, 4) for c in rows[:50]] + [[]]
+    assert count_tokens(with_null, ",")[1][0] == sum(not ref_tokens(c) for c in rows[:50]) + 1
 
 
 # ---- the stage end to end -------------------------------------------------------------------------
