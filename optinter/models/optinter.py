@@ -129,8 +129,8 @@ class OptInterSearch(_OptInterBase):
             fac_emb, had = self.factorize.table(batch.cat), self.factorize.hadamard  # B × Fc × s2
         else:
             fac_emb, had = e_o, self.factorize  # categorical fields come first in e^o
-        e_b = self.block.forward_factorized(e_m, fac_emb, had.left, had.right)
-        return self._logit(torch.cat([e_o.flatten(1), e_b.flatten(1)], dim=1), batch)
+        mlp_in = self.block.forward_factorized(e_m, fac_emb, had.left, had.right, prefix=e_o.flatten(1))
+        return self._logit(mlp_in, batch)  # MLP on [e^o, e^b]: B × (F·s1 + P·W)
 
     # ---- search-model protocol -------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:

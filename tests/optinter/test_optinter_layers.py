@@ -228,10 +228,15 @@ def test_fused_factorize_combine_matches_unfused_values_and_gradients(fac_dim, m
     e_m = torch.randn(6, len(pairs), mem_dim, dtype=torch.float64, requires_grad=True)
     grad_out = torch.randn(6, len(pairs), max(fac_dim, mem_dim), dtype=torch.float64)
 
+    prefix = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.cat([torch.randn(6, 3, dtype=torch.float64), grad_out.flatten(1)], 1)
     results = []
     for fused in (True, False):
-        out = block.forward_factorized(e_m, emb, had.left, had.right) if fused else block(e_m, had(emb))
-        grads = torch.autograd.grad((out * grad_out).sum(), [emb, e_m, block.alpha])
+        if fused:
+            out = block.forward_factorized(e_m, emb, had.left, had.right, prefix=prefix)
+        else:
+            out = torch.cat([prefix, block(e_m, had(emb)).flatten(1)], 1)
+        grads = torch.autograd.grad((out * grad_out).sum(), [emb, e_m, block.alpha, prefix])
         results.append((out.detach(), grads))
     (out_f, g_f), (out_u, g_u) = results
     torch.testing.assert_close(out_f, out_u)
@@ -241,5 +246,8 @@ def test_fused_factorize_combine_matches_unfused_values_and_gradients(fac_dim, m
     w = torch.softmax(block.alpha.detach() / 0.7, dim=-1).requires_grad_(True)
     from optinter.layers.combination import _FactorizeCombine
 
-    assert torch.autograd.gradcheck(lambda x, m, p: _FactorizeCombine.apply(x, m, p, had.left, had.right),
-                                    (emb, e_m, w))
+    for pre in (None, prefix):
+        assert torch.autograd.gradcheck(
+            lambda x, m, p, *q: _FactorizeCombine.apply(x, m, p, had.left, had.right, q[0] if q else None),
+            (emb, e_m, w) + ((pre,) if pre is not None else ()),
+        )

@@ -86,7 +86,7 @@ def test_lazy_adam_matches_torch_adam_on_touched_rows():
             opt.step()
     torch.testing.assert_close(lazy.weight.detach()[:4], ref.weight.detach(), rtol=1e-5, atol=1e-6)
     assert torch.equal(lazy.weight.detach()[4:], init[4:])
-    assert torch.equal(opt_l.state[lazy.weight]["exp_avg"][4:], torch.zeros(2, 3))
+    assert torch.equal(opt_l.state[lazy.weight]["moments"][4:], torch.zeros(2, 2, 3))
 
 
 def test_tau_schedule_is_exponential():
