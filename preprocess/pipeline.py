@@ -306,7 +306,8 @@ def _multivalent_stats(multivalent: dict[str, str], configured: dict[str, int | 
               "empty_rows_train": int(hist[0]), "truncated_rows_train": int(hist[max_len + 1:].sum())}
         if st["truncated_rows_train"]:
             log.warning("multivalent field %r: %d train rows have more than max_len=%d tokens (max %d); their first "
-                        "%d tokens are kept", name, st["truncated_rows_train"], max_len, st["max_tokens_train"], max_len)
+                        "%d tokens are kept", name, st["truncated_rows_train"], max_len, st["max_tokens_train"],
+                        max_len)
         log.info("multivalent field %r: %s", name, st)
         out[name] = st
     return out

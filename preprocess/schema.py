@@ -109,7 +109,8 @@ class DatasetSchema:
             if d.fn not in DERIVED_FUNCS:
                 raise bad("derived", f"{d.name!r}: fn must be one of {DERIVED_FUNCS}, got {d.fn!r}")
         if not isinstance(self.multivalent, dict):
-            raise bad("multivalent", f"must be a mapping of column (or glob) to token separator, got {self.multivalent!r}")
+            raise bad("multivalent",
+                      f"must be a mapping of column (or glob) to token separator, got {self.multivalent!r}")
         for col, tok in self.multivalent.items():
             if not isinstance(col, str) or not col:
                 raise bad("multivalent", f"column names must be non-empty strings, got {col!r}")
