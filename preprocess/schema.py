@@ -313,8 +313,8 @@ AVAZU = DatasetSchema(
 # make-ipinyou-data's train.log.txt / test.log.txt: tab-separated with a header.  The 16
 # categorical fields used by PNN / OptInter, plus ``usertag`` (comma-separated user tag ids) as a
 # multivalent field (mean-pooled; it takes no part in pairs, so the 120 pairs are the paper's; the
-# paper removes usertag: add it to ``drop`` in a YAML copy of this schema to match that); ids,
-# prices and free-text urls are dropped.
+# paper removes usertag: a YAML copy of this schema without ``multivalent`` and with usertag under
+# ``drop`` matches that); ids, prices and free-text urls are dropped.
 IPINYOU_COLUMNS = ["click", "weekday", "hour", "bidid", "timestamp", "logtype", "ipinyouid", "useragent", "IP",
                    "region", "city", "adexchange", "domain", "url", "urlid", "slotid", "slotwidth", "slotheight",
                    "slotvisibility", "slotformat", "slotprice", "creative", "bidprice", "payprice", "keypage",
