@@ -77,6 +77,8 @@ class TrainConfig:
     emb_l2_o: float = 0.0
     emb_l2_c: float = 0.0
     eps: float = 1e-8
+    # learning rates of Θ (not α) are multiplied by lr_decay after every epoch (1.0 = constant)
+    lr_decay: float = 1.0
     seed: int = 2026
     device: str = "auto"  # "auto" → cuda when available, else cpu
     amp: bool = False  # mixed precision (bf16 autocast) on CUDA
@@ -100,6 +102,8 @@ class TrainConfig:
                 raise ValueError(f"train.{k} must be >= 0, got {getattr(self, k)}")
         if self.patience < 0:
             raise ValueError("train.patience must be >= 0")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
 
 
 @dataclass

@@ -375,6 +375,7 @@ def fit(
     tr = as_tracker(tracker)
     model.to(device)
     optimizers = make_optimizers(model, tcfg)
+    base_lrs = {k: [g["lr"] for g in opt.param_groups] for k, opt in optimizers.items() if k != "arch"}
     penalty = EmbeddingPenalty(model, tcfg)
     search = model.is_search_model
     if bilevel_data is not None and "arch" not in optimizers:
@@ -416,6 +417,9 @@ def fit(
 
     try:
         for epoch in range(start_epoch, n_epochs):
+            for k, lrs in base_lrs.items():  # train.lr_decay: a function of the epoch, so resuming is exact
+                for g, lr in zip(optimizers[k].param_groups, lrs):
+                    g["lr"] = lr * tcfg.lr_decay**epoch
             bilevel_iter = _cycle(bilevel_data, epoch) if bilevel_data is not None else None
             if hasattr(train_data, "set_epoch"):
                 train_data.set_epoch(epoch)

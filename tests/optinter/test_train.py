@@ -212,3 +212,41 @@ def test_no_retrain_evaluation_modes(tiny_data, fmap):
     with torch.no_grad():
         model.cross.table.weight.normal_()
     assert evaluate_without_retrain(model, va, dev, "argmax")["auc"] == pytest.approx(a1["auc"], abs=1e-12)
+
+
+def test_lr_decay_per_epoch_and_exact_after_resume(tiny_data, fmap, tmp_path, monkeypatch):
+    """train.lr_decay multiplies Θ's learning rates (every group, dense and lazy) by gamma after each
+    epoch, leaves α's alone, and a run interrupted after epoch 1 resumes with the same rates."""
+    import optinter.train as train_mod
+
+    data_dir, _ = tiny_data
+    cfg = _cfg("train.epochs=3", "train.patience=5", "train.max_steps_per_epoch=2", "train.lr_decay=0.5")
+    made = []
+    orig = train_mod.make_optimizers
+    monkeypatch.setattr(train_mod, "make_optimizers", lambda *a: made.append(orig(*a)) or made[-1])
+
+    def run(work, stop_after=None):
+        torch.manual_seed(0)
+        model = build_model("optinter_m", fmap, cfg.model)
+        tr, va, _ = _loaders(data_dir, fmap, model, cfg)
+        lrs = []
+
+        def hook(rec):
+            lrs.append({k: [g["lr"] for g in o.param_groups] for k, o in made[-1].items()})
+            if rec.epoch == stop_after:
+                raise _Interrupt
+
+        fit(model, tr, va, cfg, work, on_epoch_end=hook)
+        return model, lrs
+
+    full, lrs = run(tmp_path / "full")
+    assert set(lrs[0]) == {"model", "sparse"}
+    for e, rec in enumerate(lrs):
+        assert rec["model"] == pytest.approx([cfg.train.lr_o * 0.5**e])
+        assert rec["sparse"] == pytest.approx([cfg.train.lr_c * 0.5**e])
+    with pytest.raises(_Interrupt):
+        run(tmp_path / "cut", stop_after=1)
+    resumed, lrs_res = run(tmp_path / "cut")
+    assert lrs_res == lrs[1:]
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
