@@ -49,58 +49,82 @@ class _FactorizeCombine(torch.autograd.Function):
     ``out[:, p] = w[p, 0] · pad(e_m[:, p]) + w[p, 1] · pad(emb[:, left[p]] ⊙ emb[:, right[p]])``;
     with a ``prefix`` the result is ``cat([prefix, out.flatten(1)], 1)`` (B × (K + P·W)), written
     in place, so the MLP input is built without a separate concatenation.
+
     It computes the same numbers as the unfused :meth:`CombinationBlock.forward` over
-    :class:`~optinter.layers.cross.HadamardPairs`, with fewer passes over the B × P × W tensors
-    (the search step's main cost after the MLP): no separate padding/concatenation, one
-    ``index_add_`` per side for the field-embedding gradient.
+    :class:`~optinter.layers.cross.HadamardPairs`, but the search step is memory-bound on CPU
+    (B × P × W tensors of ~50 MB at Criteo size), so it works on chunks of pairs small enough to
+    stay in cache: the gathered field embeddings and their products are never written to memory
+    as B × P × W tensors; the backward recomputes them chunk by chunk (only ``emb``, ``e_m`` and
+    ``w`` are saved). On CUDA it runs as one chunk.
     """
+
+    # target size of one chunk's B × c × W temporaries: 4 MiB of float32 (benchmarks/train.py shape,
+    # 2000 × 325 × 20: 26 pairs a chunk, forward + backward 185 ms vs 335 ms unchunked on 1 thread)
+    CACHE_FLOATS = 1 << 20
+
+    @staticmethod
+    def _chunks(num_pairs: int, batch: int, width: int, device: torch.device) -> range:
+        step = num_pairs if device.type == "cuda" else max(1, _FactorizeCombine.CACHE_FLOATS // max(1, batch * width))
+        return range(0, num_pairs, step)
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, emb: torch.Tensor, e_m: torch.Tensor, w: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
         prefix: torch.Tensor | None,
     ) -> torch.Tensor:
-        ea, eb = emb.index_select(1, left), emb.index_select(1, right)
-        prod = ea * eb  # B × P × Df
-        d_f, d_m = emb.shape[-1], e_m.shape[-1]
-        num_pairs, width = e_m.shape[1], max(d_f, d_m)
+        batch, num_pairs, d_m = e_m.shape
+        d_f = emb.shape[-1]
+        width = max(d_f, d_m)
         k = prefix.shape[1] if prefix is not None else 0
-        full = e_m.new_empty(e_m.shape[0], k + num_pairs * width)  # written once, no concatenation
+        full = e_m.new_empty(batch, k + num_pairs * width)  # written once, no concatenation
         if prefix is not None:
             full[:, :k] = prefix
-        out = full[:, k:].view(-1, num_pairs, width)
-        w_m, w_f = w[:, 0].view(1, -1, 1), w[:, 1].view(1, -1, 1)
-        if d_f >= d_m:
-            torch.mul(prod, w_f, out=out)
-            out[..., :d_m].addcmul_(e_m, w_m)
-        else:
-            torch.mul(e_m, w_m, out=out)
-            out[..., :d_f].addcmul_(prod, w_f)
-        ctx.save_for_backward(ea, eb, prod, e_m, w, left, right)
-        ctx.num_fields, ctx.k = emb.shape[1], k
+        out = full[:, k:].view(batch, num_pairs, width)
+        chunks = _FactorizeCombine._chunks(num_pairs, batch, width, emb.device)
+        for s in chunks:
+            sl = slice(s, s + chunks.step)
+            w_m, w_f = w[sl, 0].view(1, -1, 1), w[sl, 1].view(1, -1, 1)
+            ea = emb.index_select(1, left[sl]).mul_(w_f)  # B × c × Df
+            eb = emb.index_select(1, right[sl])
+            o = out[:, sl]
+            if d_f >= d_m:
+                torch.mul(ea, eb, out=o)
+                o[..., :d_m].addcmul_(e_m[:, sl], w_m)
+            else:
+                torch.mul(e_m[:, sl], w_m, out=o)
+                o[..., :d_f].addcmul_(ea, eb)
+        ctx.save_for_backward(emb, e_m, w, left, right)
+        ctx.k = k
         return full if prefix is not None else out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        ea, eb, prod, e_m, w, left, right = ctx.saved_tensors
-        d_f, d_m = ea.shape[-1], e_m.shape[-1]
+        emb, e_m, w, left, right = ctx.saved_tensors
+        batch, num_pairs, d_m = e_m.shape
+        d_f = emb.shape[-1]
         d_prefix = None
         if ctx.k:
-            d_prefix, grad = grad[:, : ctx.k], grad[:, ctx.k :].view(grad.shape[0], e_m.shape[1], -1)
-        g_f, g_m = grad[..., :d_f], grad[..., :d_m]
-        w_m, w_f = w[:, 0].view(1, -1, 1), w[:, 1].view(1, -1, 1)
-        d_emb = d_em = d_w = None
-        if ctx.needs_input_grad[0]:
-            t = g_f * w_f
-            d_emb = grad.new_zeros(grad.shape[0], ctx.num_fields, d_f)
-            d_emb.index_add_(1, left, t * eb).index_add_(1, right, t.mul_(ea))
-        if ctx.needs_input_grad[1]:
-            d_em = g_m * w_m
-        if ctx.needs_input_grad[2]:
-            d_w = torch.zeros_like(w)
-            d_w[:, 0] = (g_m * e_m).sum(2).sum(0)  # (einsum would copy both operands for a bmm)
-            d_w[:, 1] = (g_f * prod).sum(2).sum(0)
+            d_prefix, grad = grad[:, : ctx.k], grad[:, ctx.k :].view(batch, num_pairs, -1)
+        need_emb, need_em, need_w = ctx.needs_input_grad[:3]
+        d_emb = torch.zeros_like(emb) if need_emb else None
+        d_em = torch.empty_like(e_m) if need_em else None
+        d_w = torch.zeros_like(w) if need_w else None
+        chunks = _FactorizeCombine._chunks(num_pairs, batch, grad.shape[-1], emb.device)
+        for s in chunks:
+            sl = slice(s, s + chunks.step)
+            g = grad[:, sl]
+            g_f, g_m = g[..., :d_f], g[..., :d_m]
+            w_m, w_f = w[sl, 0].view(1, -1, 1), w[sl, 1].view(1, -1, 1)
+            ea, eb = emb.index_select(1, left[sl]), emb.index_select(1, right[sl])
+            if need_w:
+                d_w[sl, 0] = (g_m * e_m[:, sl]).sum(2).sum(0)
+                d_w[sl, 1] = (g_f * ea * eb).sum(2).sum(0)
+            if need_emb:
+                t = g_f * w_f
+                d_emb.index_add_(1, left[sl], t * eb).index_add_(1, right[sl], t.mul_(ea))
+            if need_em:
+                torch.mul(g_m, w_m, out=d_em[:, sl])
         return d_emb, d_em, d_w, None, None, d_prefix
 
 

@@ -12,12 +12,49 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from .embedding import OffsetEmbedding
+
+
+class _ChunkedHadamard(torch.autograd.Function):
+    """emb B × F × D, left K, right K → B × K × D, ``out[:, k] = emb[:, left[k]] ⊙ emb[:, right[k]]``.
+
+    On CPU the pairs are processed in cache-sized chunks and the backward recomputes the gathered
+    embeddings chunk by chunk (only ``emb`` is saved), so the B × K × D gathers never go through
+    memory (see :class:`optinter.layers.combination._FactorizeCombine`, which shares the chunking).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, emb: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        from .combination import _FactorizeCombine
+
+        batch, _, dim = emb.shape
+        out = emb.new_empty(batch, left.numel(), dim)
+        chunks = _FactorizeCombine._chunks(left.numel(), batch, dim, emb.device)
+        for s in chunks:
+            sl = slice(s, s + chunks.step)
+            torch.mul(emb.index_select(1, left[sl]), emb.index_select(1, right[sl]), out=out[:, sl])
+        ctx.save_for_backward(emb, left, right)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        from .combination import _FactorizeCombine
+
+        emb, left, right = ctx.saved_tensors
+        d_emb = torch.zeros_like(emb)
+        chunks = _FactorizeCombine._chunks(left.numel(), emb.shape[0], emb.shape[2], emb.device)
+        for s in chunks:
+            sl = slice(s, s + chunks.step)
+            g = grad[:, sl]
+            d_emb.index_add_(1, left[sl], g * emb.index_select(1, right[sl]))
+            d_emb.index_add_(1, right[sl], g * emb.index_select(1, left[sl]))
+        return d_emb, None, None
 
 
 class HadamardPairs(nn.Module):
@@ -38,7 +75,7 @@ class HadamardPairs(nn.Module):
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         """emb: B × F × D → B × K × D."""
-        return emb.index_select(1, self.left) * emb.index_select(1, self.right)
+        return _ChunkedHadamard.apply(emb, self.left, self.right)
 
 
 class FactorizationTable(nn.Module):

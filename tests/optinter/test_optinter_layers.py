@@ -215,9 +215,15 @@ def test_build_errors(fmap):
 
 
 @pytest.mark.parametrize("fac_dim,mem_dim", [(4, 2), (2, 4), (3, 3)])
-def test_fused_factorize_combine_matches_unfused_values_and_gradients(fac_dim, mem_dim):
+@pytest.mark.parametrize("pairs_per_chunk", [1, 2, None])
+def test_fused_factorize_combine_matches_unfused_values_and_gradients(fac_dim, mem_dim, pairs_per_chunk, monkeypatch):
     """forward_factorized == forward(e_m, HadamardPairs(emb)) in values and in the gradients of
-    emb, e_m and α (float64, eval weights so both paths use the same p), plus torch's gradcheck."""
+    emb, e_m and α (float64, eval weights so both paths use the same p), plus torch's gradcheck;
+    with 1 or 2 pairs a chunk (5 pairs: an uneven last chunk) and with one chunk."""
+    from optinter.layers.combination import _FactorizeCombine
+
+    if pairs_per_chunk is not None:
+        monkeypatch.setattr(_FactorizeCombine, "CACHE_FLOATS", pairs_per_chunk * 6 * max(fac_dim, mem_dim))
     torch.manual_seed(0)
     pairs = [(0, 1), (0, 2), (2, 1), (3, 0), (1, 1)]  # a field may appear on both sides
     had = HadamardPairs(pairs)
@@ -244,10 +250,27 @@ def test_fused_factorize_combine_matches_unfused_values_and_gradients(fac_dim, m
         torch.testing.assert_close(a, b)
 
     w = torch.softmax(block.alpha.detach() / 0.7, dim=-1).requires_grad_(True)
-    from optinter.layers.combination import _FactorizeCombine
-
     for pre in (None, prefix):
         assert torch.autograd.gradcheck(
             lambda x, m, p, *q: _FactorizeCombine.apply(x, m, p, had.left, had.right, q[0] if q else None),
             (emb, e_m, w) + ((pre,) if pre is not None else ()),
         )
+
+
+@pytest.mark.parametrize("pairs_per_chunk", [1, 2, None])
+def test_hadamard_pairs_chunked_gradients(pairs_per_chunk, monkeypatch):
+    """HadamardPairs' chunked op: values and gradients equal the plain gather-and-multiply (and
+    gradcheck), for chunks of 1 and 2 pairs (uneven last chunk) and one chunk."""
+    from optinter.layers.combination import _FactorizeCombine
+
+    if pairs_per_chunk is not None:
+        monkeypatch.setattr(_FactorizeCombine, "CACHE_FLOATS", pairs_per_chunk * 5 * 3)
+    pairs = [(0, 1), (0, 2), (2, 1), (3, 0), (1, 1)]
+    had = HadamardPairs(pairs)
+    emb = torch.randn(5, 4, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(5, len(pairs), 3, dtype=torch.float64)
+    out = had(emb)
+    ref = torch.stack([emb[:, i] * emb[:, j] for i, j in pairs], 1)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(torch.autograd.grad((out * g).sum(), emb)[0], torch.autograd.grad((ref * g).sum(), emb)[0])
+    assert torch.autograd.gradcheck(had, (emb,))
