@@ -1,7 +1,7 @@
 """Table-V-like comparison on the shipped Criteo sample, every model with its defaults.
 
     python benchmarks/criteo_table.py [--data /tmp/work/criteo] [--out /tmp/criteo_table]
-                                      [--models lr,fm,deepfm,ipnn,fnn,optinter_f,optinter_m,optinter]
+                                      [--models all | lr,fm,deepfm,...]
                                       [--threads 2] [--set key=value ...]
 
 ``--data``: an encoded Criteo folder (``optinter preprocess --dataset criteo``); when it does not
@@ -29,7 +29,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]  # ben
 
 REPO = Path(_HERE).parent
 SPLIT = REPO / ".." / "shared" / "data" / "criteo" / "split"
-MODELS = "lr,fm,deepfm,ipnn,fnn,optinter_f,optinter_m,optinter"
+MODELS = "all"  # every registered model (Table III)
 
 
 def ensure_data(data: Path) -> Path:
@@ -59,11 +59,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
 
     from optinter.config import apply_overrides, default_config
+    from optinter.registry import available_models
     from optinter.stages import run_train
 
     data = ensure_data(Path(args.data))
     rows = []
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    names = available_models() if args.models == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
+    for name in names:
         over = list(args.overrides) + ([f"train.num_threads={args.threads}"] if args.threads else [])
         cfg = apply_overrides(default_config("criteo", name), over)
         t0 = time.perf_counter()
