@@ -100,7 +100,7 @@ class LazyAdam(torch.optim.Optimizer):
                 m.lerp_(vals, 1 - b1)
                 v.mul_(b2).addcmul_(vals, vals, value=1 - b2)
                 state["moments"].index_copy_(0, idx, mv)
-                denom = v.sqrt().div_(math.sqrt(1 - b2**t)).add_(eps)  # torch.optim.Adam's formula
+                denom = v.sqrt_().div_(math.sqrt(1 - b2**t)).add_(eps)  # in place: mv is stored already
                 p.index_copy_(0, idx, w.addcdiv_(m, denom, value=-lr / (1 - b1**t)))
         return loss
 
