@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RELAXATIONS
+from .cross import pair_chunks
 
 EVAL_WEIGHTS = ("expected", "argmax")
 
@@ -53,19 +54,10 @@ class _FactorizeCombine(torch.autograd.Function):
     It computes the same numbers as the unfused :meth:`CombinationBlock.forward` over
     :class:`~optinter.layers.cross.HadamardPairs`, but the search step is memory-bound on CPU
     (B × P × W tensors of ~50 MB at Criteo size), so it works on chunks of pairs small enough to
-    stay in cache: the gathered field embeddings and their products are never written to memory
-    as B × P × W tensors; the backward recomputes them chunk by chunk (only ``emb``, ``e_m`` and
-    ``w`` are saved). On CUDA it runs as one chunk.
+    stay in cache (:func:`~optinter.layers.cross.pair_chunks`): the gathered field embeddings and
+    their products are never written to memory as B × P × W tensors; the backward recomputes them
+    chunk by chunk (only ``emb``, ``e_m`` and ``w`` are saved). On CUDA it runs as one chunk.
     """
-
-    # target size of one chunk's B × c × W temporaries: 4 MiB of float32 (benchmarks/train.py shape,
-    # 2000 × 325 × 20: 26 pairs a chunk, forward + backward 185 ms vs 335 ms unchunked on 1 thread)
-    CACHE_FLOATS = 1 << 20
-
-    @staticmethod
-    def _chunks(num_pairs: int, batch: int, width: int, device: torch.device) -> range:
-        step = num_pairs if device.type == "cuda" else max(1, _FactorizeCombine.CACHE_FLOATS // max(1, batch * width))
-        return range(0, num_pairs, step)
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -80,9 +72,7 @@ class _FactorizeCombine(torch.autograd.Function):
         if prefix is not None:
             full[:, :k] = prefix
         out = full[:, k:].view(batch, num_pairs, width)
-        chunks = _FactorizeCombine._chunks(num_pairs, batch, width, emb.device)
-        for s in chunks:
-            sl = slice(s, s + chunks.step)
+        for sl in pair_chunks(num_pairs, batch, width, emb.device):
             w_m, w_f = w[sl, 0].view(1, -1, 1), w[sl, 1].view(1, -1, 1)
             ea = emb.index_select(1, left[sl]).mul_(w_f)  # B × c × Df
             eb = emb.index_select(1, right[sl])
@@ -110,9 +100,7 @@ class _FactorizeCombine(torch.autograd.Function):
         d_emb = torch.zeros_like(emb) if need_emb else None
         d_em = torch.empty_like(e_m) if need_em else None
         d_w = torch.zeros_like(w) if need_w else None
-        chunks = _FactorizeCombine._chunks(num_pairs, batch, grad.shape[-1], emb.device)
-        for s in chunks:
-            sl = slice(s, s + chunks.step)
+        for sl in pair_chunks(num_pairs, batch, grad.shape[-1], emb.device):
             g = grad[:, sl]
             g_f, g_m = g[..., :d_f], g[..., :d_m]
             w_m, w_f = w[sl, 0].view(1, -1, 1), w[sl, 1].view(1, -1, 1)

@@ -20,23 +20,33 @@ from torch import nn
 from .embedding import OffsetEmbedding
 
 
+# Target size of one chunk's B × c × D temporaries in the pair ops (here and in
+# optinter.layers.combination._FactorizeCombine): 4 MiB of float32. At benchmarks/train.py's shape
+# (2000 × 325 × 20) that is 26 pairs a chunk: the search's fused forward + backward takes 185 ms
+# against 335 ms unchunked on one thread.
+PAIR_CHUNK_FLOATS = 1 << 20
+
+
+def pair_chunks(num_pairs: int, batch: int, width: int, device: torch.device) -> list[slice]:
+    """Slices of the pair axis for the chunked pair ops: cache-sized on CPU (the ops are
+    memory-bound there), one slice on CUDA."""
+    step = num_pairs if device.type == "cuda" else max(1, PAIR_CHUNK_FLOATS // max(1, batch * width))
+    return [slice(s, s + step) for s in range(0, num_pairs, step)]
+
+
 class _ChunkedHadamard(torch.autograd.Function):
     """emb B × F × D, left K, right K → B × K × D, ``out[:, k] = emb[:, left[k]] ⊙ emb[:, right[k]]``.
 
     On CPU the pairs are processed in cache-sized chunks and the backward recomputes the gathered
     embeddings chunk by chunk (only ``emb`` is saved), so the B × K × D gathers never go through
-    memory (see :class:`optinter.layers.combination._FactorizeCombine`, which shares the chunking).
+    memory (:func:`pair_chunks`; :class:`optinter.layers.combination._FactorizeCombine` does the same).
     """
 
     @staticmethod
     def forward(ctx: Any, emb: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        from .combination import _FactorizeCombine
-
         batch, _, dim = emb.shape
         out = emb.new_empty(batch, left.numel(), dim)
-        chunks = _FactorizeCombine._chunks(left.numel(), batch, dim, emb.device)
-        for s in chunks:
-            sl = slice(s, s + chunks.step)
+        for sl in pair_chunks(left.numel(), batch, dim, emb.device):
             torch.mul(emb.index_select(1, left[sl]), emb.index_select(1, right[sl]), out=out[:, sl])
         ctx.save_for_backward(emb, left, right)
         return out
@@ -44,13 +54,9 @@ class _ChunkedHadamard(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
-        from .combination import _FactorizeCombine
-
         emb, left, right = ctx.saved_tensors
         d_emb = torch.zeros_like(emb)
-        chunks = _FactorizeCombine._chunks(left.numel(), emb.shape[0], emb.shape[2], emb.device)
-        for s in chunks:
-            sl = slice(s, s + chunks.step)
+        for sl in pair_chunks(left.numel(), emb.shape[0], emb.shape[2], emb.device):
             g = grad[:, sl]
             d_emb.index_add_(1, left[sl], g * emb.index_select(1, right[sl]))
             d_emb.index_add_(1, right[sl], g * emb.index_select(1, left[sl]))

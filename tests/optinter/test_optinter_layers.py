@@ -220,10 +220,11 @@ def test_fused_factorize_combine_matches_unfused_values_and_gradients(fac_dim, m
     """forward_factorized == forward(e_m, HadamardPairs(emb)) in values and in the gradients of
     emb, e_m and α (float64, eval weights so both paths use the same p), plus torch's gradcheck;
     with 1 or 2 pairs a chunk (5 pairs: an uneven last chunk) and with one chunk."""
+    from optinter.layers import cross
     from optinter.layers.combination import _FactorizeCombine
 
     if pairs_per_chunk is not None:
-        monkeypatch.setattr(_FactorizeCombine, "CACHE_FLOATS", pairs_per_chunk * 6 * max(fac_dim, mem_dim))
+        monkeypatch.setattr(cross, "PAIR_CHUNK_FLOATS", pairs_per_chunk * 6 * max(fac_dim, mem_dim))
     torch.manual_seed(0)
     pairs = [(0, 1), (0, 2), (2, 1), (3, 0), (1, 1)]  # a field may appear on both sides
     had = HadamardPairs(pairs)
@@ -261,10 +262,10 @@ def test_fused_factorize_combine_matches_unfused_values_and_gradients(fac_dim, m
 def test_hadamard_pairs_chunked_gradients(pairs_per_chunk, monkeypatch):
     """HadamardPairs' chunked op: values and gradients equal the plain gather-and-multiply (and
     gradcheck), for chunks of 1 and 2 pairs (uneven last chunk) and one chunk."""
-    from optinter.layers.combination import _FactorizeCombine
+    from optinter.layers import cross
 
     if pairs_per_chunk is not None:
-        monkeypatch.setattr(_FactorizeCombine, "CACHE_FLOATS", pairs_per_chunk * 5 * 3)
+        monkeypatch.setattr(cross, "PAIR_CHUNK_FLOATS", pairs_per_chunk * 5 * 3)
     pairs = [(0, 1), (0, 2), (2, 1), (3, 0), (1, 1)]
     had = HadamardPairs(pairs)
     emb = torch.randn(5, 4, 3, dtype=torch.float64, requires_grad=True)
