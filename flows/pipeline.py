@@ -103,6 +103,7 @@ def optinter_flow(
     experiment: str = "optinter",
     quickstart: bool = True,
     compare: dict[str, Any] | None = None,
+    config_file: str | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline (or the ``stages`` asked for and what they need); returns ``steps.summarize``.
 
@@ -125,13 +126,15 @@ def optinter_flow(
         experiment: MLflow experiment name.
         quickstart: small default model / data sizes for the synthetic dataset.
         compare: ``CompareConfig`` settings of the ``compare`` stage (models, seeds, tables...).
+        config_file: a YAML / JSON settings file (e.g. what ``optinter tune`` wrote) applied over the
+            defaults derived from the data, under ``overrides``.
     """
     logger = get_run_logger()
     params = dict(dataset=dataset, raw=raw, train_path=train_path, valid_path=valid_path, test_path=test_path,
                   synth=synth, preprocess=preprocess, oov_threshold=oov_threshold, cross_threshold=cross_threshold,
                   overrides=overrides, baselines=baselines, seed=seed, artifact_root=artifact_root, force=force,
                   from_run=from_run, stages=stages, experiment=experiment, quickstart=quickstart,
-                  compare=compare)
+                  compare=compare, config_file=config_file)
     try:
         spec = validate(params)
     except Exception as e:

@@ -93,6 +93,8 @@ class PipelineSpec:
     experiment: str = "optinter"
     tracking_uri: str = ""
     compare: dict[str, Any] | None = None
+    #: a YAML / JSON settings file (``--config``, e.g. what ``optinter tune`` wrote), under the overrides
+    config_file: str | None = None
     needed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,12 +110,21 @@ class PipelineSpec:
     def forced(self, stage: str, model: str | None = None) -> bool:
         return "all" in self.force or stage in self.force or (model is not None and model in self.force)
 
-    def run_config(self, scope: str, model: str):
-        """The ``RunConfig`` of ``model`` in stage ``scope``: Table IV defaults, seed, then overrides."""
-        from optinter.config import apply_overrides, default_config
+    def run_config(self, scope: str, model: str, data: str | Path | None = None):
+        """The ``RunConfig`` of ``model`` in stage ``scope``: the defaults derived from the encoded
+        data in ``data`` (its ``feature_map.json``; the library defaults when None, e.g. to check
+        overrides before any data exists), the seed, ``config_file``, then the overrides."""
+        from optinter.config import apply_overrides, default_config, load_config_file
 
-        cfg = default_config(self.dataset_name, model)
+        fmap = None
+        if data is not None:
+            from preprocess.feature_map import FeatureMap
+
+            fmap = FeatureMap.load(data)
+        cfg = default_config(fmap, model)
         cfg.train.seed = self.seed
+        if self.config_file:
+            cfg = apply_overrides(cfg, load_config_file(self.config_file))
         return apply_overrides(cfg, self.overrides_for(scope, model))
 
     def overrides_for(self, scope: str, model: str) -> list[str]:
@@ -211,6 +222,7 @@ def resolve_spec(
     tracking_uri: str | None = None,
     quickstart: bool = True,
     compare: Mapping[str, Any] | None = None,
+    config_file: str | None = None,
 ) -> PipelineSpec:
     """Check every parameter and return the :class:`PipelineSpec`; raises :class:`SpecError`.
 
@@ -309,6 +321,16 @@ def resolve_spec(
         if unknown:
             raise SpecError(f"parameter 'preprocess': unknown keys {unknown}; allowed: {allowed}")
 
+    # settings file
+    if config_file:
+        from optinter.config import load_config_file
+
+        try:
+            load_config_file(config_file)
+        except (ValueError, FileNotFoundError) as e:
+            raise SpecError(f"parameter 'config_file': {e}") from None
+        config_file = str(Path(config_file).resolve())
+
     # overrides
     base_overrides = list(SYNTHETIC_QUICKSTART_OVERRIDES) if (synthetic and quickstart) else []
     user_overrides = [overrides] if isinstance(overrides, str) else list(overrides or [])
@@ -327,6 +349,7 @@ def resolve_spec(
             ARTIFACT_ROOT_ENV, DEFAULT_ARTIFACT_ROOT)),
         force=force, from_run=from_run, targets=targets, experiment=experiment,
         tracking_uri=tracking_uri or default_tracking_uri(), compare=dict(compare) if compare else None,
+        config_file=config_file or None,
     )
     spec.needed = needed_stages(targets, synth_cfg is not None, bool(baselines))
     if not spec.needed:

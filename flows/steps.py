@@ -379,7 +379,7 @@ def _model_params(cfg: Any, model: str) -> dict[str, Any]:
 
 def step_search(ctx: Context, data: StageRecord) -> StageRecord:
     """OptInter search (Algorithm 1) → ``architecture.json``."""
-    cfg = ctx.spec.run_config("search", SEARCH_MODEL)
+    cfg = ctx.spec.run_config("search", SEARCH_MODEL, data.path)
 
     def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
         from optinter.stages import run_search
@@ -395,7 +395,7 @@ def step_search(ctx: Context, data: StageRecord) -> StageRecord:
 
 def step_retrain(ctx: Context, data: StageRecord, search: StageRecord) -> StageRecord:
     """Re-train the searched architecture from scratch; evaluates on valid / test."""
-    cfg = ctx.spec.run_config("retrain", SEARCH_MODEL)
+    cfg = ctx.spec.run_config("retrain", SEARCH_MODEL, data.path)
     ah = arch_hash(search)
 
     def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
@@ -411,7 +411,7 @@ def step_retrain(ctx: Context, data: StageRecord, search: StageRecord) -> StageR
 
 def step_train(ctx: Context, data: StageRecord, model: str) -> StageRecord:
     """Train one baseline model on the same encoded data."""
-    cfg = ctx.spec.run_config("baselines", model)
+    cfg = ctx.spec.run_config("baselines", model, data.path)
 
     def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
         from optinter.stages import run_train
@@ -475,6 +475,7 @@ def compare_config(ctx: Context) -> Any:
     kw = dict(ctx.spec.compare or {})
     kw.setdefault("overrides", tuple(ctx.spec.overrides_for("compare", "")))
     kw.setdefault("dataset", ctx.spec.dataset_name)
+    kw.setdefault("config_file", ctx.spec.config_file)
     kw.setdefault("cache_dir", str(ctx.store.work_dir / "compare" / "_jobs_cache"))
     cc = CompareConfig(**kw)
     cc.validate()

@@ -41,7 +41,7 @@ import pandas as pd
 from preprocess.atomic import atomic_output_dir
 from preprocess.feature_map import FeatureMap, fingerprint
 
-from .config import RunConfig, apply_overrides, default_config
+from .config import RunConfig, default_config, merged_config, paper_config
 from .report import REPORT_FILE, write_report
 from .stats import fmt_mean_std, fmt_p, fmt_params, mean_std, paired_ttest
 from .tracking import Tracker, as_tracker
@@ -76,7 +76,9 @@ class CompareConfig:
     seeds: int = 3  # seeds per model (paper: 10); seed i uses train.seed + i
     tables: tuple[str, ...] = ALL_TABLES
     overrides: tuple[str, ...] = ()  # "key=value" applied to every job's config
-    dataset: str | None = None  # Table IV defaults; None = feature_map.json's dataset
+    dataset: str | None = None  # a label for the tables; None = feature_map.json's dataset
+    paper: str | None = None  # Table IV settings of this dataset instead of the data-derived defaults
+    config_file: str | None = None  # YAML / JSON settings (e.g. `optinter tune`'s) under ``overrides``
     enlarge_models: tuple[str, ...] = ("fm", "fnn", "ipnn", "deepfm")  # Table VII
     n_random: int = 10  # Table VIII random architectures
     fig4_cross_dims: tuple[int, ...] = (2, 5, 10)  # Fig. 4 memorized embedding sizes
@@ -109,6 +111,10 @@ class CompareConfig:
             raise ValueError(f"compare: fig4_cross_dims must be positive, got {self.fig4_cross_dims}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"compare: alpha must be in (0, 1), got {self.alpha}")
+        from .config import PAPER_DATASETS
+
+        if self.paper is not None and self.paper not in PAPER_DATASETS:
+            raise ValueError(f"compare: paper must be one of {PAPER_DATASETS}, got {self.paper!r}")
 
     @property
     def n_ablation(self) -> int:
@@ -303,8 +309,8 @@ class _Runner:
         self._done: dict[str, dict[str, Any]] = {}
 
     def config(self, job: Job) -> RunConfig:
-        base = default_config(self.dataset, job.model)
-        cfg = apply_overrides(base, list(self.cc.overrides) + list(job.extra))
+        base = paper_config(self.cc.paper, job.model) if self.cc.paper else default_config(self.fm, job.model)
+        cfg = merged_config(base, self.cc.config_file, list(self.cc.overrides) + list(job.extra))
         cfg.train.seed = cfg.train.seed + job.seed_index
         return cfg
 

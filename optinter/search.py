@@ -64,7 +64,26 @@ def search(
     arch.meta.update({"best_epoch": result.best_epoch, "search_valid_auc": result.best_valid_auc})
     m, f, n = arch.counts()
     log.info("search: %d memorize, %d factorize, %d naive (best epoch %d)", m, f, n, result.best_epoch)
+    warn_if_undecided(arch, cfg)
     return arch, result
+
+
+def warn_if_undecided(arch: Architecture, cfg: RunConfig) -> dict[str, Any]:
+    """Log how decided the searched architecture is; a loud warning when it is not (most pairs'
+    probabilities still close together, so the argmax is initialisation noise)."""
+    d = arch.decision()
+    if d["decided"]:
+        log.info("search decided: %.0f%% of pairs clear (mean max probability %.3f, mean entropy %.3f)",
+                 100 * d["clear_share"], d["max_prob_mean"], d["entropy_mean"])
+    else:
+        log.warning(
+            "SEARCH UNDECIDED: only %d of %d pairs have a clear choice (mean max probability %.3f, "
+            "mean entropy %.3f of uniform); the architecture is close to a coin flip. α moved too "
+            "little: raise train.lr_a (now %g) or train.search_epochs (now %d), or use the defaults "
+            "derived from the data (no --paper).",
+            d["n_clear"], len(arch.pairs), d["max_prob_mean"], d["entropy_mean"], cfg.train.lr_a,
+            cfg.train.search_epochs)
+    return d
 
 
 def evaluate_without_retrain(
