@@ -154,6 +154,18 @@ def sklearn_lr(data: Path, seed: int) -> dict[str, Any]:
             "C": c, "params": int(m.coef_.size + 1)}
 
 
+def recovery(arch: Any, truth_file: Path) -> dict[str, Any]:
+    """Planted-pair recovery of a searched architecture against the generator's ``truth.json``."""
+    truth = json.loads(truth_file.read_text())
+    kinds = truth["pairs"]
+    mem = [p for p, k in kinds.items() if k == "memorize"]
+    none = [p for p, k in kinds.items() if k == "naive"]
+    return {"memorize_recall": sum(arch.choice(p) == "memorize" for p in mem) / max(len(mem), 1),
+            "naive_share": sum(arch.choice(p) == "naive" for p in none) / max(len(none), 1),
+            "naive_memorized": sum(arch.choice(p) == "memorize" for p in none),
+            "bayes_test_auc": truth["bayes"]["test"]["auc"]}
+
+
 def train_model(data: Path, name: str, seed: int, out: Path, overrides: list[str]) -> dict[str, Any]:
     from optinter.config import apply_overrides, default_config
     from optinter.stages import load_feature_map, run_train
@@ -164,7 +176,11 @@ def train_model(data: Path, name: str, seed: int, out: Path, overrides: list[str
     if arch_file.exists():
         from optinter.architecture import Architecture
 
-        m["decision"] = Architecture.load(arch_file).decision()
+        arch = Architecture.load(arch_file)
+        m["decision"] = arch.decision()
+        truth = data.parent / "raw" / "truth.json"
+        if truth.exists():
+            m["recovery"] = recovery(arch, truth)
     return m
 
 
@@ -213,7 +229,7 @@ def main() -> None:
                         (lambda: train_model(data, name, seed, work / ds.name / args.tag / f"{name}-{seed}", args.overrides)))
                     m = run()
                     keep = {k: m[k] for k in ("valid_auc", "test_auc", "test_logloss", "params", "C", "best_epoch",
-                                              "n_memorize", "n_factorize", "n_naive", "decision") if k in m}
+                                              "n_memorize", "n_factorize", "n_naive", "decision", "recovery") if k in m}
                     r = {"key": key, "dataset": ds.name, "model": name, "seed": seed, "tag": args.tag,
                          "seconds": round(time.perf_counter() - t0, 1), **keep}
                     with cache_file.open("a") as f:

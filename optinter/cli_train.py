@@ -115,6 +115,22 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    import os
+
+    from .tune import TuneConfig, run_tune
+
+    tc = TuneConfig(model=args.model, trials=args.trials, minutes=args.minutes, space=tuple(args.params) or None,
+                    seed=args.seed, max_epochs=args.max_epochs, parallel=args.parallel)
+    tc.validate()  # budget / space errors before anything is read
+    cfg = _config(args, args.model)
+    scheduler = args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    s = run_tune(args.data, args.out, tc, cfg, arch_path=args.arch, scheduler=scheduler)
+    print(f"tune: {s['model']} best valid AUC {s['best_valid_auc']:.5f} (trial {s['best_trial']} of {s['trials']}, "
+          f"{s['pruned']} pruned) {s['best_params']} -> {args.out}/tuned.yaml")
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add the ``search``, ``retrain`` and ``train`` subcommands to an argparse subparsers object."""
     p = sub.add_parser("search", help="search stage (Algorithm 1) -> architecture.json + metrics.json",
@@ -135,3 +151,22 @@ def register(sub: Any) -> None:
     _common(p)
     p.add_argument("--model", required=True, help="model name (see the registry), e.g. deepfm, optinter_m, optinter")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("tune", help="tune a model's settings on the validation split (Optuna) -> tuned.yaml",
+                       description="Hyper-parameter search on the validation split (TPE sampler, pruning on the "
+                                   "per-epoch validation AUC); the test split is never read. Writes tuned.yaml "
+                                   "(pass it to search / retrain / train / run with --config), trials.csv, tune.json.")
+    _common(p)
+    p.add_argument("--model", default="optinter", help="model to tune (optinter: its re-train, needs --arch)")
+    p.add_argument("--arch", help="architecture.json (for --model optinter / autofis)")
+    p.add_argument("--trials", type=int, default=8, help="budget in trials (0 = only --minutes)")
+    p.add_argument("--minutes", type=float, default=0.0, help="budget in minutes (0 = only --trials)")
+    p.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=KIND:ARGS",
+                   help="search space entry, e.g. train.lr_o=log:1e-4:1e-2, model.dropout=float:0:0.5, "
+                        "model.embed_dim=int:4:16, model.mlp_dims=choice:64|128,128 (repeatable; default: "
+                        "optinter.tune.DEFAULT_SPACES)")
+    p.add_argument("--max-epochs", type=int, default=0, help="epochs per trial (0 = the model's train.epochs)")
+    p.add_argument("--seed", type=int, default=2026, help="sampler seed")
+    p.add_argument("--parallel", type=int, default=1, help="trials at once on the Dask cluster (--scheduler)")
+    p.add_argument("--scheduler", help="Dask scheduler address (default: $DASK_SCHEDULER_ADDRESS)")
+    p.set_defaults(func=_tune)

@@ -92,6 +92,9 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # 0 = whole epoch
     eval_batch_size: int = 8192
     search_epochs: int = 1  # search stage epochs (Algorithm 1)
+    # Θ's learning rate during the search (every group but α; 0 = lr_o / lr_c / lr_first as in
+    # training). The search keeps Θ's rates constant: train.lr_decay applies to training only.
+    search_lr: float = 0.0
     bilevel: bool = False  # alternate Θ / α updates (DARTS-style ablation, Table VIII)
     checkpoint: bool = True
     num_threads: int = 0  # 0 = torch default
@@ -104,7 +107,7 @@ class TrainConfig:
         for k in ("lr_o", "lr_c", "lr_a"):
             if getattr(self, k) <= 0:
                 raise ValueError(f"train.{k} must be positive, got {getattr(self, k)}")
-        for k in ("l2_o", "l2_c", "emb_l2_o", "emb_l2_c", "eps"):
+        for k in ("l2_o", "l2_c", "emb_l2_o", "emb_l2_c", "eps", "search_lr"):
             if getattr(self, k) < 0:
                 raise ValueError(f"train.{k} must be >= 0, got {getattr(self, k)}")
         if self.patience < 0:

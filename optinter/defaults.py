@@ -52,9 +52,12 @@ ANCHOR_ROWS = 110_000
 ANCHOR_POS_RATIO = 0.2568
 #: Optimizer steps per learning-rate halving and per search.
 STEPS_PER_HALVING = 220
-SEARCH_STEPS = 400
+SEARCH_STEPS = 600
 #: How far (in logits) α may move during the search: lr_a = ALPHA_TRAVEL / search steps.
-ALPHA_TRAVEL = 4.0
+ALPHA_TRAVEL = 60.0
+#: Θ's (constant) learning rate during the search, and the Gumbel temperature schedule.
+SEARCH_LR = 3e-3
+TAU_START, TAU_END = 3.0, 0.3
 SHALLOW = ("lr", "poly2", "fm", "fwfm", "fmfm")
 OPTINTER_FAMILY = ("optinter", "optinter_m", "optinter_f")
 
@@ -172,6 +175,10 @@ def resolve_defaults(stats: DataStats, model: str = "optinter") -> Resolved:
         put("train.search_epochs", se, f"~{SEARCH_STEPS} search steps ({spe} an epoch)")
         steps = se * spe
         put("train.lr_a", round(ALPHA_TRAVEL / steps, 6), f"α can move by ~{ALPHA_TRAVEL:g} logits in {steps} Adam steps")
+    if model == "optinter":
+        put("train.search_lr", SEARCH_LR, "Θ must fit within the short search for α's gradient to mean something")
+        put("model.tau_start", TAU_START, "Gumbel temperature schedule of the search (per step)")
+        put("model.tau_end", TAU_END, "Gumbel temperature schedule of the search (per step)")
 
     cfg = RunConfig()
     _apply(cfg, o)

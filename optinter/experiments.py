@@ -511,42 +511,29 @@ def plot_fig4(points: pd.DataFrame, out_png: Path, dataset: str) -> Path:
 class _ChildRuns:
     """Makes one child tracker (nested MLflow run) per newly trained job, and closes it.
 
-    ``factory(name, tags) -> Tracker`` when given; else ``tracker.child`` when the parent tracker
-    has one; else, for an :class:`~optinter.tracking.MlflowTracker`, a run nested under it
-    (``optinter.tracking.start_run``); else none (jobs are then only summarized on the parent).
+    ``factory(name, tags) -> Tracker`` when given; else ``tracker.child`` (a nested MLflow run for
+    an :class:`~optinter.tracking.MlflowTracker`); else none (jobs are then only summarized on the
+    parent).
     """
 
     def __init__(self, tracker: Tracker | None,
                  factory: Callable[[str, Mapping[str, Any]], Tracker | None] | None = None) -> None:
         self._factory = factory
-        self._mlflow: tuple[Any, str, str | None] | None = None
-        if factory is None and callable(getattr(tracker, "child", None)):
-            self._factory = tracker.child  # type: ignore[union-attr]
-        elif factory is None and tracker is not None:
-            from . import tracking
+        if factory is None and tracker is not None and callable(getattr(tracker, "child", None)):
+            from .tracking import TAG_STAGE
 
-            if isinstance(tracker, tracking.MlflowTracker) and hasattr(tracking, "start_run"):
-                uri = getattr(tracker.client, "tracking_uri", None)
-                exp = tracker.client.get_run(tracker.run_id).info.experiment_id
-                self._mlflow = (tracking, exp, uri)
-                self._parent = tracker.run_id
+            parent = tracker
+            self._factory = lambda name, tags: parent.child(name, {**tags, TAG_STAGE: "compare-job"})
 
     def open(self, name: str, tags: Mapping[str, Any]) -> Tracker | None:
         if self._factory is not None:
             return self._factory(name, tags)
-        if self._mlflow is not None:
-            tracking, exp, uri = self._mlflow
-            run_id = tracking.start_run(exp, name, {**tags, tracking.TAG_STAGE: "compare-job"},
-                                        parent_run_id=self._parent, tracking_uri=uri)
-            return tracking.MlflowTracker(run_id, tracking_uri=uri)
         return None
 
     def close(self, tracker: Tracker | None, ok: bool) -> None:
         if tracker is None:
             return
-        if self._mlflow is not None and getattr(tracker, "run_id", None):
-            self._mlflow[0].end_run(tracker.run_id, "FINISHED" if ok else "FAILED", self._mlflow[2])
-        elif callable(getattr(tracker, "end", None)):
+        if callable(getattr(tracker, "end", None)):
             tracker.end("FINISHED" if ok else "FAILED")  # type: ignore[attr-defined]
 
 

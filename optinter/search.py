@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import torch
 
 from .architecture import Architecture
-from .config import RunConfig
+from .config import RunConfig, apply_overrides
 from .models.base import Batch, CTRModel
 from .tracking import Tracker
 from .train import FitResult, evaluate, fit
@@ -51,7 +51,7 @@ def search(
         model,
         train_data,
         valid_data,
-        cfg,
+        search_run_config(cfg),
         work_dir,
         tracker,
         epochs=cfg.train.search_epochs,
@@ -66,6 +66,18 @@ def search(
     log.info("search: %d memorize, %d factorize, %d naive (best epoch %d)", m, f, n, result.best_epoch)
     warn_if_undecided(arch, cfg)
     return arch, result
+
+
+def search_run_config(cfg: RunConfig) -> RunConfig:
+    """The settings the search trains with: Θ's learning rates constant (``lr_decay`` = 1;
+    decaying them while α still moves lets α lock in early memorize choices: on the synthetic
+    data 6 of 23 no-interaction pairs ended naive with a halving every epoch, 18 without), and
+    ``train.search_lr`` (when set) for every group of Θ."""
+    t = cfg.train
+    over: dict[str, Any] = {"train.lr_decay": 1.0, "train.lr_schedule": "epoch"}
+    if t.search_lr > 0:
+        over.update({"train.lr_o": t.search_lr, "train.lr_c": t.search_lr, "train.lr_first": t.search_lr})
+    return apply_overrides(cfg, over)
 
 
 def warn_if_undecided(arch: Architecture, cfg: RunConfig) -> dict[str, Any]:
