@@ -44,6 +44,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "synth": ("preprocess/synthetic.py",),
     "preprocess": ("preprocess",),
     "search": ("optinter", "preprocess/feature_map.py"),
+    "tune": ("optinter", "preprocess/feature_map.py"),
     "retrain": ("optinter", "preprocess/feature_map.py"),
     "train": ("optinter", "preprocess/feature_map.py"),
     "analyze": ("optinter/analysis.py", "preprocess/feature_map.py"),

@@ -138,10 +138,10 @@ def resolve_defaults(stats: DataStats, model: str = "optinter") -> Resolved:
     bs = batch_size_for(n)
     put("train.batch_size", bs, f"~N/{STEPS_PER_HALVING} in [128, 2000] (N = {n:,})")
     spe = steps_per_epoch(n, bs)
-    decay = round(0.5 ** min(1.0, spe / STEPS_PER_HALVING), 4)
-    put("train.lr_decay", decay, f"halve the rates every ~{STEPS_PER_HALVING} steps ({spe} steps an epoch)")
+    put("train.lr_schedule", "plateau", "rates fall when the validation AUC stops improving, whatever the data's size")
+    put("train.lr_decay", 0.5, "an epoch without improvement: back to the best weights, rates halved")
     put("train.epochs", 20, "upper bound; early stopping on valid AUC (patience 2) ends training")
-    put("train.patience", 2, "early stopping on the validation AUC")
+    put("train.patience", 2, "stop after 2 epochs in a row without improvement (one halving in between)")
 
     s1 = int(min(max(round(10 + 10 * (log10n - math.log10(ANCHOR_ROWS)) / (7.6 - math.log10(ANCHOR_ROWS))), 4), 20))
     s1 = min(s1, max(4, 2 * math.ceil(math.log2(max(stats.vocab_max, 2)))))
