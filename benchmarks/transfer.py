@@ -119,7 +119,7 @@ def _one_hot(data: Path, split: str) -> tuple[Any, Any]:
     import pyarrow as pa
 
     tab = pa.concat_tables(tables)
-    y = tab.column("label").to_numpy().astype(np.float64)
+    y = tab.column(fmap.label).to_numpy().astype(np.float64)
     n = len(y)
     cols, offset = [], 0
     for f in fmap.categorical:

@@ -37,6 +37,9 @@ class ModelConfig:
     # "wide" part of Wide&Deep / DeepFM). Not in the paper (False = paper model); see
     # optinter/defaults.py for why small data sets use it.
     first_order: bool = False
+    # Output unit of OptInter's MLP initialised to zero weights: with first_order the model starts
+    # as logistic regression and the network's part grows only where training finds it useful.
+    zero_init_output: bool = False
     # Cross-product (and factorization) tables get sparse gradients and lazy Adam updates
     # (only the rows of the batch move; l2_c applies to those rows). False: dense Adam.
     sparse_cross: bool = True
