@@ -31,9 +31,12 @@ def test_anchor_gives_the_settings_tuned_on_the_criteo_sample():
     assert opt.train.batch_size == 500
     assert opt.model.embed_dim == 10 and opt.model.cross_embed_dim == 2
     assert opt.model.mlp_dims == (128, 128) and opt.model.dropout == 0.3
-    assert opt.train.lr_decay == 0.5
-    assert opt.train.search_epochs == 2
-    assert opt.train.lr_a == pytest.approx(1e-2, rel=0.15)
+    assert opt.train.lr_decay == 0.5 and opt.train.lr_schedule == "plateau"
+    # the search: ~600 steps at Θ's constant search rate, α free to travel ALPHA_TRAVEL logits
+    assert opt.train.search_epochs == 3 and opt.train.search_lr == 3e-3
+    assert opt.train.lr_a == pytest.approx(ALPHA_TRAVEL / (3 * 220), rel=1e-3)
+    assert (opt.model.tau_start, opt.model.tau_end) == (3.0, 0.3)
+    assert opt.model.zero_init_output
     assert opt.model.first_order and opt.train.emb_l2_o == pytest.approx(3e-3, rel=1e-3)
     lr = resolve_defaults(ANCHOR, "lr").config
     assert lr.train.lr_o == 3e-3 and not lr.model.first_order
@@ -54,11 +57,9 @@ def test_size_rules_are_monotone_in_rows(model):
     assert s1 == sorted(s1) and s1[-1] == 20
     assert width == sorted(width) and depth == sorted(depth) and depth[-1] == 5
     assert drop == sorted(drop, reverse=True) and drop[-1] == 0.0
-    for n, c in zip(ROWS, cfgs):
-        spe = steps_per_epoch(n, c.train.batch_size)
-        # rates halve every ~220 steps: never faster than once an epoch
-        assert 0.5 <= c.train.lr_decay < 1.0
-        assert c.train.lr_decay == pytest.approx(0.5 ** min(1.0, spe / 220), abs=1e-4)
+    for c in cfgs:
+        # rates fall on a validation plateau, not on a clock: the same rule at every size
+        assert (c.train.lr_schedule, c.train.lr_decay, c.train.patience) == ("plateau", 0.5, 2)
 
 
 def test_search_length_and_lr_a_are_set_in_steps():

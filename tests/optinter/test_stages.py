@@ -33,7 +33,10 @@ def test_search_then_retrain(tiny_data, tmp_path):
     assert KEYS | ARCH_KEYS <= set(m)
     assert m["n_memorize"] + m["n_factorize"] + m["n_naive"] == 10
     out = tmp_path / "search"
-    assert sorted(p.name for p in out.iterdir()) == ["architecture.json", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["architecture.json", "config.json", "metrics.json"]
+    ran = json.loads((out / "config.json").read_text())
+    assert ran["config"] == json.loads(json.dumps(_cfg().to_dict())) and ran["data_stats"]["train_rows"] > 0
+    assert ran["differs_from_defaults"]  # the test's small settings are not the defaults
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(m))
     arch = Architecture.load(out / "architecture.json")
     assert arch.counts() == [m["n_memorize"], m["n_factorize"], m["n_naive"]] and arch.probs is not None
