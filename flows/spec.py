@@ -56,20 +56,12 @@ SPLIT_NAMES = ("train", "valid", "test")
 PREPROCESS_OWN_KEYS = frozenset({"dataset", "out", "raw", "train", "valid", "test", "oov_threshold",
                                  "cross_threshold", "seed"})
 
-#: Settings for the synthetic quick start (a few minutes on 2 CPU cores): the generator's default
-#: data and the small model / search settings under which the search recovers the planted pairs
-#: (the same as ``tests/optinter/test_synthetic_recovery.py``). Explicit ``synth`` / ``overrides``
-#: parameters win over these.
+#: Settings laid under the user's for the synthetic quick start (explicit ``synth`` / ``overrides``
+#: parameters win over these). Empty: the quick start runs the generator's defaults with the
+#: training defaults derived from the data (optinter/defaults.py), as any other dataset would, so
+#: ``make run`` shows what a user's data gets; ``--no-quickstart`` is kept for scripts.
 SYNTHETIC_QUICKSTART_SYNTH: dict[str, Any] = {}
-SYNTHETIC_QUICKSTART_OVERRIDES: tuple[str, ...] = (
-    "model.embed_dim=8", "model.cross_embed_dim=8", "model.mlp_dims=64", "train.batch_size=500",
-    # search (Algorithm 1): α must converge within 3 epochs of ~400 steps
-    "search:train.lr_o=3e-3", "search:train.lr_c=3e-3", "search:train.search_epochs=3",
-    "search:train.lr_a=0.1", "search:model.tau_start=3", "search:model.tau_end=0.3",
-    # re-train and baselines
-    "retrain:model.layer_norm=false", "baselines:model.layer_norm=false",
-    "train.lr_o=1e-3", "train.lr_c=1e-3", "train.epochs=10", "train.patience=2",
-)
+SYNTHETIC_QUICKSTART_OVERRIDES: tuple[str, ...] = ()
 
 
 class SpecError(ValueError):

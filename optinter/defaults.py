@@ -166,8 +166,8 @@ def resolve_defaults(stats: DataStats, model: str = "optinter") -> Resolved:
 
     # Regularization relative to the per-row loss of the base rate.
     h_ratio = binary_entropy(p) / binary_entropy(ANCHOR_POS_RATIO)
-    put("train.lr_o", 5e-4, "Adam step of the embeddings and the network (the sample's tuned value)")
-    put("train.lr_c", 1e-4, "memorized cross-product tables over-fit first: lr_c < lr_o (Table IV)")
+    put("train.lr_o", 1e-3, "Adam step of the embeddings and the network; the plateau rule halves it when it overshoots")
+    put("train.lr_c", 2e-4, "memorized cross-product tables over-fit first: lr_c = lr_o / 5 (Table IV: lr_c < lr_o)")
 
     if model in SHALLOW:
         put("train.lr_o", 3e-3, "shallow models have few parameters and converge slowly at 5e-4")
