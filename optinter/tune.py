@@ -29,7 +29,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -146,16 +146,6 @@ class TuneConfig:
         return self.space if self.space is not None else DEFAULT_SPACES.get(self.model, DEFAULT_SPACES["*"])
 
 
-@dataclass
-class TrialResult:
-    number: int
-    state: str
-    valid_auc: float | None
-    params: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 0
-    seconds: float = 0.0
-
-
 # ---- one trial -------------------------------------------------------------------------------------
 def _check_splits(data_dir: str | Path, fmap: Any, model: Any) -> None:
     """Schema and rows of the train and valid splits only (tuning never opens test)."""
@@ -201,8 +191,7 @@ def train_trial(data_dir: str | Path, model_name: str, cfg: RunConfig, arch_path
     return res.best_valid_auc, res.epochs
 
 
-def _objective(data_dir: str, tc: TuneConfig, base: RunConfig, arch_path: str | None, tracker: Tracker,
-               results: list[TrialResult]) -> Any:
+def _objective(data_dir: str, tc: TuneConfig, base: RunConfig, arch_path: str | None, tracker: Tracker) -> Any:
     import optuna
 
     specs = tc.param_specs()
@@ -221,8 +210,6 @@ def _objective(data_dir: str, tc: TuneConfig, base: RunConfig, arch_path: str | 
         status, auc, epochs = "FAILED", None, 0
 
         def report(epoch: int, valid_auc: float) -> None:
-            nonlocal epochs
-            epochs = epoch
             trial.report(valid_auc, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {epoch}: valid AUC {valid_auc:.5f}")
@@ -238,10 +225,8 @@ def _objective(data_dir: str, tc: TuneConfig, base: RunConfig, arch_path: str | 
         finally:
             secs = time.perf_counter() - t0
             if auc is not None:
-                child.log_metrics({"best_valid_auc": auc, "seconds": secs})
+                child.log_metrics({"best_valid_auc": auc, "epochs": epochs, "seconds": secs})
             child.end(status)
-            results.append(TrialResult(trial.number, {"FINISHED": "complete", "KILLED": "pruned"}.get(status, "fail"),
-                                       auc, params, epochs, secs))
             log.info("tune %s trial %d: %s%s (%.0f s) %s", tc.model, trial.number, status.lower(),
                      f", valid AUC {auc:.5f}" if auc is not None else "", secs, params)
 
@@ -259,8 +244,9 @@ def _study(tc: TuneConfig, storage: Any = None, name: str = "optinter-tune") -> 
 
 def _run_dask_worker(data_dir: str, tc_dict: dict[str, Any], base_dict: dict[str, Any], arch_path: str | None,
                      journal: str, trials: int, timeout: float | None, tracking_uri: str | None,
-                     parent_run_id: str | None, worker_seed: int) -> list[dict[str, Any]]:
-    """One Dask task: load the shared study and run ``trials`` of it (``timeout`` seconds at most)."""
+                     parent_run_id: str | None, worker_seed: int) -> int:
+    """One Dask task: load the shared study and run ``trials`` of it (``timeout`` seconds at most);
+    returns how many trials the study holds afterwards."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -272,11 +258,10 @@ def _run_dask_worker(data_dir: str, tc_dict: dict[str, Any], base_dict: dict[str
     storage = JournalStorage(JournalFileBackend(journal))
     study = _study(tc, storage)
     tracker: Tracker = MlflowTracker(parent_run_id, tracking_uri) if parent_run_id else NullTracker()
-    results: list[TrialResult] = []
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(_objective(data_dir, tc, base, arch_path, tracker, results), n_trials=trials or None,
+    study.optimize(_objective(data_dir, tc, base, arch_path, tracker), n_trials=trials or None,
                    timeout=timeout, catch=())
-    return [asdict(r) for r in results]
+    return len(study.trials)
 
 
 def run_tune(data_dir: str | Path, out_dir: str | Path, tc: TuneConfig, base: RunConfig,
@@ -308,15 +293,14 @@ def run_tune(data_dir: str | Path, out_dir: str | Path, tc: TuneConfig, base: Ru
     t0 = time.perf_counter()
     timeout = tc.minutes * 60 if tc.minutes > 0 else None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    results: list[TrialResult] = []
     with atomic_output_dir(out_dir) as tmp:
         if tc.parallel > 1:
-            study = _tune_on_dask(str(data_dir), tc, base, arch_path, tr, scheduler, timeout, tmp, results)
+            study = _tune_on_dask(str(data_dir), tc, base, arch_path, tr, scheduler, timeout, tmp)
         else:
             study = _study(tc)
             _enqueue_defaults(study, tc, base)
-            study.optimize(_objective(str(data_dir), tc, base, None if arch_path is None else str(arch_path), tr,
-                                      results), n_trials=tc.trials or None, timeout=timeout, catch=())
+            study.optimize(_objective(str(data_dir), tc, base, None if arch_path is None else str(arch_path), tr),
+                           n_trials=tc.trials or None, timeout=timeout, catch=())
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not done:
             raise RuntimeError(f"tune: no trial of {tc.model!r} completed within the budget "
@@ -380,7 +364,7 @@ def _plain(v: Any) -> Any:
 
 
 def _tune_on_dask(data_dir: str, tc: TuneConfig, base: RunConfig, arch_path: str | Path | None, tracker: Tracker,
-                  scheduler: str | None, timeout: float | None, tmp: Path, results: list[TrialResult]) -> Any:
+                  scheduler: str | None, timeout: float | None, tmp: Path) -> Any:
     """``tc.parallel`` Dask tasks share one journal-file study; each runs its share of the trials."""
     from distributed import Client
     from optuna.storages import JournalStorage
@@ -399,8 +383,7 @@ def _tune_on_dask(data_dir: str, tc: TuneConfig, base: RunConfig, arch_path: str
                                   None if arch_path is None else str(arch_path), journal, n, timeout, uri, parent,
                                   tc.seed + i, pure=False)
                     for i, n in enumerate(share) if n > 0 or tc.trials == 0]
-            for f in futs:
-                results.extend(TrialResult(**r) for r in f.result())
+            client.gather(futs)  # each returns the number of trials its study holds
         import optuna
 
         done = optuna.create_study(direction="maximize")  # an in-memory copy outlives the journal
