@@ -237,8 +237,8 @@ def execute(ctx: Context, stage: str, inputs: Mapping[str, Any], compute: Callab
     """Reuse or compute one stage folder, with its nested MLflow run (see the module docstring)."""
     spec = ctx.spec
     name = name or stage
-    inputs = {**inputs, "code": code_fingerprint(stage)}
-    key = stage_key(stage, inputs, code=False)
+    inputs = {**inputs, "code": code_fingerprint(compute)}
+    key = stage_key(stage, inputs)
     forced = spec.forced(stage, model)
     rec = None
     if reuse is not None and not forced:
