@@ -263,8 +263,9 @@ class StageRecord:
     """One finished stage folder, as described by its ``_stage.json`` marker.
 
     ``local_dir`` is where the outputs can be read on this machine; ``uri`` is the folder under the
-    artifact root; ``run_id`` is the MLflow run that computed it. ``cached`` (not stored) says
-    whether this process reused the folder instead of computing it.
+    artifact root; ``run_id`` is the MLflow run that computed it; ``meta`` is what the computing run
+    recorded beside the key (not part of it, e.g. its overrides, inherited by ``from_run``).
+    ``cached`` (not stored) says whether this process reused the folder instead of computing it.
     """
 
     stage: str
@@ -275,6 +276,7 @@ class StageRecord:
     result: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None
     name: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     created: str = ""
     cached: bool = False
@@ -402,7 +404,8 @@ class ArtifactStore:
 
     # ---- writing ----------------------------------------------------------------------------------------
     def run(self, stage: str, key: str, inputs: Mapping[str, Any], fn: Callable[[Path], Mapping[str, Any] | None],
-            *, force: bool = False, run_id: str | None = None, name: str = "") -> StageRecord:
+            *, force: bool = False, run_id: str | None = None, name: str = "",
+            meta: Mapping[str, Any] | None = None) -> StageRecord:
         """Reuse ``stage``/``key`` when finished (unless ``force``), else compute it with ``fn(out_dir)``.
 
         ``fn`` gets a fresh local folder that does not exist yet and must write the stage's outputs
@@ -432,7 +435,8 @@ class ArtifactStore:
             # Paths the stage returned point into the staging folder: make them point to the final one.
             blob = json.dumps(dict(result), default=_json_default).replace(str(out), str(final_local))
             rec = StageRecord(stage=stage, key=key, uri=uri, local_dir=str(final_local), inputs=dict(inputs),
-                              result=json.loads(blob), run_id=run_id, name=name, seconds=round(seconds, 3),
+                              result=json.loads(blob), run_id=run_id, name=name, meta=dict(meta or {}),
+                              seconds=round(seconds, 3),
                               created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                               cached=False)
             marker = json.dumps(rec.to_json(), indent=1, sort_keys=True, default=_json_default)

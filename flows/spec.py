@@ -84,6 +84,8 @@ class PipelineSpec:
     overrides: list[str] = field(default_factory=list)
     #: defaults laid under ``overrides`` (the synthetic quick start's); the user's always win
     base_overrides: list[str] = field(default_factory=list)
+    #: the overrides of the ``from_run`` reference, between the base and the user's own layer
+    inherited_overrides: list[str] = field(default_factory=list)
     baselines: list[str] = field(default_factory=list)
     seed: int = 2026
     artifact_root: str = DEFAULT_ARTIFACT_ROOT
@@ -116,9 +118,16 @@ class PipelineSpec:
         cfg.train.seed = self.seed
         return apply_overrides(cfg, self.overrides_for(scope, model))
 
+    @property
+    def user_overrides(self) -> list[str]:
+        """The overrides this run was given, those inherited from ``from_run`` first."""
+        return self.inherited_overrides + self.overrides
+
     def overrides_for(self, scope: str, model: str) -> list[str]:
-        """Base (quick-start) overrides, then the user's: each layer unscoped first, then scoped."""
-        return scoped_overrides(self.base_overrides, scope, model) + scoped_overrides(self.overrides, scope, model)
+        """Base (quick-start) overrides, then those inherited from ``from_run``, then the user's:
+        each layer unscoped first, then scoped (so a later layer wins)."""
+        return [o for layer in (self.base_overrides, self.inherited_overrides, self.overrides)
+                for o in scoped_overrides(layer, scope, model)]
 
 
 def parse_override(item: str) -> tuple[str | None, str]:
@@ -172,6 +181,16 @@ def needed_stages(targets: Iterable[str], synthetic_without_files: bool, has_bas
         need.add(s)
         stack.extend(DEPENDS[s])
     return [s for s in STAGES if s in need]
+
+
+def check_run_configs(spec: PipelineSpec) -> None:
+    """Every model config the run will build must be valid (unknown keys, bad values): SpecError."""
+    models = {("search", SEARCH_MODEL), ("retrain", SEARCH_MODEL)} | {("baselines", m) for m in spec.baselines}
+    for scope, model in sorted(models):
+        try:
+            spec.run_config(scope, model)
+        except ValueError as e:
+            raise SpecError(f"parameter 'overrides' ({scope}/{model}): {e}") from None
 
 
 def _check_threshold(name: str, v: Any) -> int | None:
@@ -335,13 +354,7 @@ def resolve_spec(
         raise SpecError(f"dataset {schema.name!r} needs data: give 'raw' files or "
                         f"'train_path'/'valid_path'/'test_path' (or 'from_run' with earlier results)")
 
-    # every model config this run will build must be valid (unknown keys, bad values)
-    models = {("search", SEARCH_MODEL), ("retrain", SEARCH_MODEL)} | {("baselines", m) for m in baselines}
-    for scope, model in sorted(models):
-        try:
-            spec.run_config(scope, model)
-        except ValueError as e:
-            raise SpecError(f"parameter 'overrides' ({scope}/{model}): {e}") from None
+    check_run_configs(spec)
     if compare and "compare" not in spec.needed:
         raise SpecError("parameter 'compare' is only used with stage 'compare' (stages=['compare'])")
     if "compare" in spec.needed:

@@ -184,6 +184,8 @@ TAG_STEP = "optinter.step"
 TAG_OWNER = "optinter.owner"
 #: Why a run was marked ``KILLED``.
 TAG_KILLED = "optinter.killed_reason"
+#: JSON list of the user's overrides of the pipeline run (inherited by a later ``from_run``).
+TAG_OVERRIDES = "optinter.overrides"
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 #: Base URL of the MLflow UI in printed links, when it differs from the tracking URI (e.g. the
