@@ -576,7 +576,8 @@ def run_compare(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     n, na = cc.seeds, cc.n_ablation
     tables = set(cc.tables)
     tr.log_params({f"compare.{k}": (",".join(map(str, v)) if isinstance(v, tuple) else v)
-                   for k, v in dataclasses.asdict(cc).items()})
+                   for k, v in dataclasses.asdict(cc).items() if k != "cache_dir"})
+    tr.set_tags({"compare.cache_dir": str(cache_dir)})  # a machine path: a tag, not a param
     log.info("compare: tables %s; models %s; %d seeds (%d for ablations); cache %s",
              ",".join(cc.tables), ",".join(models), n, na, cache_dir)
 
