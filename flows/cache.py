@@ -348,6 +348,10 @@ class ArtifactStore:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
+    def exists(self, stage: str, key: str) -> bool:
+        """Whether ``stage``/``key`` is finished under the root (nothing is downloaded)."""
+        return self._read_marker(self.uri(stage, key)) is not None
+
     def lookup(self, stage: str, key: str) -> StageRecord | None:
         """The finished folder of ``stage``/``key`` (downloaded when the root is remote), or ``None``."""
         uri = self.uri(stage, key)

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import re
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -146,16 +147,23 @@ def _portable_ref(ref: str | None, store: ArtifactStore) -> str | None:
     return ref[len(store.root) + 1:] if ref.startswith(store.root + "/") else None
 
 
+def _one_error(error: BaseException) -> str:
+    msg = str(error)
+    sig = getattr(error, "signal", None)  # Prefect's TerminationSignal has no message, only its signal
+    if not msg and isinstance(sig, int):
+        msg = f"terminated by {signal.Signals(sig).name}"
+    return f"{type(error).__name__}: {msg}" if msg else type(error).__name__
+
+
 def error_text(error: BaseException) -> str:
     """``Type: message``, then each cause not already in the text (``; caused by Type: message``)."""
-    text = f"{type(error).__name__}: {error}"
+    text = _one_error(error)
     cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     seen = {id(error)}
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
-        part = f"{type(cause).__name__}: {cause}"
         if str(cause) not in text:
-            text += f"; caused by {part}"
+            text += f"; caused by {_one_error(cause)}"
         cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
     return text
 
@@ -396,7 +404,11 @@ def execute(ctx: Context, stage: str, inputs: Mapping[str, Any], compute: Callab
         ctx.stage_runs[name] = run_id
         return rec
 
-    why = "forced" if forced else (f"recomputed because {', '.join(after)} was recomputed in this run" if after else "")
+    why = ""  # why a finished folder of this key is recomputed
+    if forced:
+        why = "forced"
+    elif after and (reuse is not None or ctx.store.exists(stage, key)):
+        why = f"recomputed because {', '.join(after)} was recomputed in this run"
     run_tags.update({tr.TAG_KEY: key, tr.TAG_OUTPUT: ctx.store.uri(stage, key)})
     if why:
         run_tags[TAG_RECOMPUTED] = why

@@ -5,7 +5,7 @@ Clients given ``HTTP_PROXY=http://127.0.0.1:<port>`` keep the URLs of the compos
 its ``Host`` header unchanged, to the local port that plays that service. So a server that checks
 the Host header (MLflow's ``--allowed-hosts``) sees exactly what it sees in compose. Plain HTTP
 requests are forwarded one per connection (``Connection: close``); ``CONNECT`` (websockets) is
-tunnelled. Unknown hosts get 502.
+tunnelled. Unknown hosts, and servers not up, get 502.
 """
 
 from __future__ import annotations
@@ -84,7 +84,10 @@ class HostProxy:
         port = self.routes.get(authority)
         if port is None:
             return None
-        return socket.create_connection(("127.0.0.1", port), timeout=30)
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=30)
+        except OSError:  # not up (yet): the client sees a 502
+            return None
 
     @staticmethod
     def _pipe(a: socket.socket, b: socket.socket) -> None:
