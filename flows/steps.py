@@ -150,7 +150,7 @@ def _portable_ref(ref: str | None, store: ArtifactStore) -> str | None:
 def _one_error(error: BaseException) -> str:
     msg = str(error)
     sig = getattr(error, "signal", None)  # Prefect's TerminationSignal has no message, only its signal
-    if not msg and isinstance(sig, int):
+    if isinstance(sig, int) and msg in ("", str(sig)):
         msg = f"terminated by {signal.Signals(sig).name}"
     return f"{type(error).__name__}: {msg}" if msg else type(error).__name__
 
