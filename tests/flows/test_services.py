@@ -173,14 +173,18 @@ def test_deployment_run_against_local_services(tmp_path):
         assert httpx.get(probe, headers={"Host": "mlflow:5000"}, timeout=10).status_code == 200
         assert httpx.get(probe, headers={"Host": "elsewhere:5000"}, timeout=10).status_code == 403
 
+        def deployment_run(name: str, params: dict) -> tuple[int, str]:
+            """``prefect deployment run optinter/NAME … --watch``: exit code and output (kept in a file)."""
+            run = subprocess.run(
+                [str(BIN / "prefect"), "deployment", "run", f"optinter/{name}", "--param", "dataset=synthetic",
+                 "--params", json.dumps(params), "--watch", "--watch-timeout", "150"],
+                env=client_env, cwd=tmp_path, capture_output=True, text=True, timeout=170)
+            (tmp_path / f"watch-{name}.txt").write_text(run.stdout + run.stderr)
+            return run.returncode, run.stdout + run.stderr
+
         params = {"synth": TINY_SYNTH, "overrides": TINY_OVERRIDES, "baselines": ["lr"]}
-        run = subprocess.run(
-            [str(BIN / "prefect"), "deployment", "run", "optinter/full-pipeline", "--param", "dataset=synthetic",
-             "--params", json.dumps(params), "--watch", "--watch-timeout", "150"],
-            env=client_env, cwd=tmp_path, capture_output=True, text=True, timeout=170)
-        watched = run.stdout + run.stderr
-        (tmp_path / "watch-full-pipeline.txt").write_text(watched)
-        assert run.returncode == 0, watched[-3000:] + procs.tail("optinter-serve", 80)
+        rc, watched = deployment_run("full-pipeline", params)
+        assert rc == 0, watched[-3000:] + procs.tail("optinter-serve", 80)
         assert "Completed" in watched
         # --watch shows the flow's last log lines: the results table and the MLflow runs page
         assert "| model " in watched and "| optinter " in watched and "| lr " in watched, watched[-3000:]
@@ -224,14 +228,8 @@ def test_deployment_run_against_local_services(tmp_path):
         assert list((tmp_path / "mlartifacts").rglob("architecture.json"))
 
         # a failing stage: --watch ends with the error, its cause and the MLflow run
-        failing = {**params, "overrides": TINY_OVERRIDES + ["search:train.device=bogus"]}
-        run = subprocess.run(
-            [str(BIN / "prefect"), "deployment", "run", "optinter/search", "--param", "dataset=synthetic",
-             "--params", json.dumps(failing), "--watch", "--watch-timeout", "150"],
-            env=client_env, cwd=tmp_path, capture_output=True, text=True, timeout=170)
-        watched = run.stdout + run.stderr
-        (tmp_path / "watch-failing-search.txt").write_text(watched)
-        assert run.returncode != 0 and "Failed" in watched, watched[-3000:]
+        rc, watched = deployment_run("search", {**params, "overrides": TINY_OVERRIDES + ["search:train.device=bogus"]})
+        assert rc != 0 and "Failed" in watched, watched[-3000:]
         assert "optinter failed: StageFailed: stage search failed: RuntimeError:" in watched, watched[-3000:]
         assert "bogus" in watched and "MLflow parent run " in watched and "http://localhost:5000/#/experiments/" in watched
     finally:
