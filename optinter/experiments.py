@@ -44,7 +44,7 @@ from preprocess.feature_map import FeatureMap, fingerprint
 from .config import RunConfig, apply_overrides, default_config
 from .report import REPORT_FILE, write_report
 from .stats import fmt_mean_std, fmt_p, fmt_params, mean_std, paired_ttest
-from .tracking import Tracker, as_tracker
+from .tracking import TAG_STEP, Tracker, as_tracker
 
 log = logging.getLogger(__name__)
 
@@ -315,8 +315,10 @@ class _Runner:
             return self._done[key]
         tr = None
         if self.cache.get(key) is None:
-            tr = self.children.open(job.label, {"optinter.model": job.model, "optinter.compare_table": table,
-                                                "optinter.seed": cfg.train.seed, "optinter.compare_key": key})
+            # named by job and short key: jobs of other settings read apart across compare runs
+            tr = self.children.open(f"{job.label} {key[:8]}", {
+                TAG_STEP: job.label, "optinter.model": job.model, "optinter.compare_table": table,
+                "optinter.seed": cfg.train.seed, "optinter.compare_key": key})
         log.info("compare [%s]: %s (key %s)", table, job.label, key)
         ok = False
         try:
