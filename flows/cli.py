@@ -66,6 +66,14 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="[SCOPE:]KEY=VALUE",
                    help="model config override, e.g. train.epochs=5 or retrain:train.lr_o=1e-4 or "
                         "fm:model.embed_dim=8 (repeatable)")
+    g.add_argument("--config", metavar="FILE",
+                   help="YAML / JSON settings (e.g. what `optinter tune` wrote) over the data-derived defaults, "
+                        "under --set")
+    g.add_argument("--tune", dest="tune_mode", choices=("auto", "on", "off"), default="auto",
+                   help="tune the re-train on the validation split (auto: when the train split has at most "
+                        "250k rows)")
+    g.add_argument("--tune-set", dest="tune", type=_kv_json, action="append", default=[], metavar="KEY=VALUE",
+                   help="tune stage setting, e.g. trials=10, minutes=5, parallel=2 (repeatable)")
     g.add_argument("--baselines", type=str, default=None,
                    help="comma-separated baseline models (default: lr,fm,deepfm; 'none' for none)")
     g.add_argument("--seed", type=int, default=2026)
@@ -96,7 +104,8 @@ def flow_params(args: argparse.Namespace) -> dict[str, Any]:
         oov_threshold=args.oov_threshold, cross_threshold=args.cross_threshold, overrides=args.overrides or None,
         baselines=baselines, seed=args.seed, artifact_root=args.artifact_root,
         force=[f for group in args.force for f in group] or None, from_run=args.from_run, stages=args.stages,
-        experiment=args.experiment, quickstart=args.quickstart, compare=dict(args.compare) or None)
+        experiment=args.experiment, quickstart=args.quickstart, compare=dict(args.compare) or None,
+        config_file=args.config, tune_mode=args.tune_mode, tune=dict(args.tune) or None)
 
 
 class Terminated(KeyboardInterrupt):

@@ -7,6 +7,7 @@ subprocesses (Prefect's ``serve``): no work pool or worker to set up. Deployment
 ``optinter/full-pipeline``  preprocess → search → re-train → evaluate → analyze, + baselines
 ``optinter/preprocess``     preprocessing only (synthetic data first when needed)
 ``optinter/search``         preprocess (reused when cached) + search
+``optinter/tune``           + tuning of the re-train on the validation split (``tune_mode=on``)
 ``optinter/retrain``        + re-train of the searched architecture (``from_run`` reuses a search)
 ``optinter/baselines``      preprocess + the baseline models
 ``optinter/analyze``        preprocess + search + mutual-information analysis and report
@@ -27,6 +28,7 @@ DEPLOYMENTS: dict[str, tuple[list[str] | None, str]] = {
     "full-pipeline": (None, "The whole pipeline: preprocess, search, re-train, baselines, evaluate, analyze."),
     "preprocess": (["preprocess"], "Raw or pre-split files → encoded parquet + feature_map.json (Dask)."),
     "search": (["search"], "OptInter search (Algorithm 1) → architecture.json."),
+    "tune": (["tune"], "Tune the re-train's settings on the validation split (Optuna) → tuned.yaml."),
     "retrain": (["retrain"], "Re-train a searched architecture (from_run: an earlier search run id or folder)."),
     "baselines": (["baselines"], "Train the baseline models on the encoded data."),
     "analyze": (["analyze"], "Mutual information of every pair vs the selected method; HTML report."),

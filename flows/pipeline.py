@@ -56,9 +56,15 @@ def search_task(ctx: steps.Context, data: StageRecord) -> StageRecord:
     return steps.step_search(ctx, data)
 
 
+@task(name="tune", **_TASK)
+def tune_task(ctx: steps.Context, data: StageRecord, search: StageRecord) -> StageRecord | None:
+    return steps.step_tune(ctx, data, search)
+
+
 @task(name="retrain", **_TASK)
-def retrain_task(ctx: steps.Context, data: StageRecord, search: StageRecord) -> StageRecord:
-    return steps.step_retrain(ctx, data, search)
+def retrain_task(ctx: steps.Context, data: StageRecord, search: StageRecord,
+                 tuned: StageRecord | None = None) -> StageRecord:
+    return steps.step_retrain(ctx, data, search, tuned)
 
 
 @task(name="train", task_run_name="train-{model}", **_TASK)
@@ -104,6 +110,9 @@ def optinter_flow(
     experiment: str = "optinter",
     quickstart: bool = True,
     compare: dict[str, Any] | None = None,
+    config_file: str | None = None,
+    tune_mode: str = "auto",
+    tune: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline (or the ``stages`` asked for and what they need); returns ``steps.summarize``.
 
@@ -126,13 +135,18 @@ def optinter_flow(
         experiment: MLflow experiment name.
         quickstart: small default model / data sizes for the synthetic dataset.
         compare: ``CompareConfig`` settings of the ``compare`` stage (models, seeds, tables...).
+        config_file: a YAML / JSON settings file (e.g. what ``optinter tune`` wrote) applied over the
+            defaults derived from the data, under ``overrides``.
+        tune_mode: "auto" (default: tune the re-train on the validation split when the train split
+            is small), "on" or "off".
+        tune: ``TuneConfig`` settings of the ``tune`` stage (trials, minutes, space, parallel...).
     """
     logger = get_run_logger()
     params = dict(dataset=dataset, raw=raw, train_path=train_path, valid_path=valid_path, test_path=test_path,
                   synth=synth, preprocess=preprocess, oov_threshold=oov_threshold, cross_threshold=cross_threshold,
                   overrides=overrides, baselines=baselines, seed=seed, artifact_root=artifact_root, force=force,
                   from_run=from_run, stages=stages, experiment=experiment, quickstart=quickstart,
-                  compare=compare)
+                  compare=compare, config_file=config_file, tune_mode=tune_mode, tune=tune)
     try:
         spec = validate(params)
     except Exception as e:
@@ -153,9 +167,14 @@ def optinter_flow(
         search = None
         if spec.wants("search") or "search" in reused:
             search = records["search"] = search_task(ctx, data)
+        tuned = None
+        if spec.wants("tune"):
+            tuned = tune_task(ctx, data, search)
+            if tuned is not None:
+                records[tuned.name] = tuned
         trained: list[StageRecord] = []
         if spec.wants("retrain"):
-            r = retrain_task(ctx, data, search)
+            r = retrain_task(ctx, data, search, tuned)
             records[r.name] = r
             trained.append(r)
         if spec.wants("baselines"):

@@ -551,7 +551,7 @@ def _model_params(cfg: Any, model: str) -> dict[str, Any]:
 
 def step_search(ctx: Context, data: StageRecord) -> StageRecord:
     """OptInter search (Algorithm 1) → ``architecture.json``."""
-    cfg = ctx.spec.run_config("search", SEARCH_MODEL)
+    cfg = ctx.spec.run_config("search", SEARCH_MODEL, data.path)
 
     def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
         from optinter.stages import run_search
@@ -565,9 +565,59 @@ def step_search(ctx: Context, data: StageRecord) -> StageRecord:
     return rec
 
 
-def step_retrain(ctx: Context, data: StageRecord, search: StageRecord) -> StageRecord:
-    """Re-train the searched architecture from scratch; evaluates on valid / test."""
-    cfg = ctx.spec.run_config("retrain", SEARCH_MODEL)
+def tune_wanted(ctx: Context, data: StageRecord) -> tuple[bool, str]:
+    """(run the ``tune`` stage?, why): ``tune_mode`` "on" / "off", or "auto": only when the train
+    split is small (:data:`flows.spec.TUNE_AUTO_MAX_ROWS` rows at most)."""
+    from preprocess.feature_map import FeatureMap
+
+    from .spec import TUNE_AUTO_MAX_ROWS
+
+    mode = ctx.spec.tune_mode
+    if mode != "auto":
+        return mode == "on", f"tune_mode={mode}"
+    if "tune" in ctx.spec.targets:
+        return True, "stage tune asked for"
+    rows = FeatureMap.load(data.path).splits["train"].rows
+    if rows > TUNE_AUTO_MAX_ROWS:
+        return False, f"tune_mode=auto: {rows:,} train rows > {TUNE_AUTO_MAX_ROWS:,} (give tune_mode=on to tune)"
+    return True, f"tune_mode=auto: {rows:,} train rows <= {TUNE_AUTO_MAX_ROWS:,}"
+
+
+def step_tune(ctx: Context, data: StageRecord, search: StageRecord) -> StageRecord | None:
+    """Tune the re-train's settings on the validation split (``optinter.tune.run_tune``) →
+    ``tuned.yaml``; None when ``tune_mode`` (or its ``auto`` rule) says no."""
+    import dataclasses
+    import os
+
+    wanted, why = tune_wanted(ctx, data)
+    if not wanted:
+        log.info("tune: skipped (%s)", why)
+        return None
+    cfg = ctx.spec.run_config("retrain", SEARCH_MODEL, data.path)
+    tc = ctx.spec.tune_config()
+    settings = dataclasses.asdict(tc)
+
+    def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
+        from optinter.tune import run_tune
+
+        return run_tune(data.path, out, tc, cfg, arch_path=search.path / ARCH_FILE, tracker=t,
+                        scheduler=os.environ.get("DASK_SCHEDULER_ADDRESS") if tc.parallel > 1 else None)
+
+    return execute(ctx, "tune", {"upstream": {"preprocess": data.key, "search": search.key},
+                                 "config": cfg.to_dict(), "tune": settings}, compute, name=f"tune:{SEARCH_MODEL}",
+                   model=SEARCH_MODEL, params={f"tune.{k}": v for k, v in settings.items()},
+                   tags={tr.TAG_DATA_HASH: data.key, tr.TAG_ARCH_HASH: arch_hash(search)},
+                   reuse=ctx.reused.get("tune"), datasets=[data_dataset(ctx, data)])
+
+
+def step_retrain(ctx: Context, data: StageRecord, search: StageRecord,
+                 tuned: StageRecord | None = None) -> StageRecord:
+    """Re-train the searched architecture from scratch (with the ``tune`` stage's settings when
+    given); evaluates on valid / test."""
+    from optinter.tune import TUNED_FILE
+
+    cfg = ctx.spec.run_config("retrain", SEARCH_MODEL, data.path,
+                              tuned=tuned.path / TUNED_FILE if tuned is not None else None)
     ah = arch_hash(search)
 
     def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
@@ -575,7 +625,10 @@ def step_retrain(ctx: Context, data: StageRecord, search: StageRecord) -> StageR
 
         return run_retrain(data.path, search.path / ARCH_FILE, out, cfg, tracker=t)
 
-    return execute(ctx, "retrain", {"upstream": {"preprocess": data.key, "search": search.key}, "arch": ah,
+    upstream = {"preprocess": data.key, "search": search.key}
+    if tuned is not None:
+        upstream["tune"] = tuned.key
+    return execute(ctx, "retrain", {"upstream": upstream, "arch": ah,
                                     "config": cfg.to_dict()}, compute, name=f"retrain:{SEARCH_MODEL}",
                    model=SEARCH_MODEL, params=_model_params(cfg, SEARCH_MODEL),
                    tags={tr.TAG_DATA_HASH: data.key, tr.TAG_ARCH_HASH: ah}, reuse=ctx.reused.get("retrain"),
@@ -584,7 +637,7 @@ def step_retrain(ctx: Context, data: StageRecord, search: StageRecord) -> StageR
 
 def step_train(ctx: Context, data: StageRecord, model: str) -> StageRecord:
     """Train one baseline model on the same encoded data."""
-    cfg = ctx.spec.run_config("baselines", model)
+    cfg = ctx.spec.run_config("baselines", model, data.path)
 
     def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
         from optinter.stages import run_train
@@ -649,6 +702,7 @@ def compare_config(ctx: Context) -> Any:
     kw = dict(ctx.spec.compare or {})
     kw.setdefault("overrides", tuple(ctx.spec.overrides_for("compare", "")))
     kw.setdefault("dataset", ctx.spec.dataset_name)
+    kw.setdefault("config_file", ctx.spec.config_file)
     kw.setdefault("cache_dir", str(ctx.store.work_dir / "compare" / "_jobs_cache"))
     cc = CompareConfig(**kw)
     cc.validate()

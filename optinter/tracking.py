@@ -36,6 +36,14 @@ class Tracker(Protocol):
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
 
+    def child(self, name: str, tags: Mapping[str, Any] | None = None) -> "Tracker":
+        """A tracker of a run nested under this one (a tuning trial, a compare job)."""
+        ...
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Close this tracker's run (``FINISHED``, ``FAILED``, ``KILLED``); a no-op where runs are not closed."""
+        ...
+
 
 class NullTracker:
     """Tracker that records nothing (the default for library calls and unit tests)."""
@@ -54,6 +62,12 @@ class NullTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:  # noqa: D102
         pass
 
+    def child(self, name: str, tags: Mapping[str, Any] | None = None) -> "Tracker":  # noqa: D102
+        return NullTracker()
+
+    def end(self, status: str = "FINISHED") -> None:  # noqa: D102
+        pass
+
 
 class RecordingTracker(NullTracker):
     """In-memory tracker for tests: keeps everything it is given."""
@@ -63,6 +77,17 @@ class RecordingTracker(NullTracker):
         self.metrics: list[tuple[str, float, int | None]] = []
         self.tags: dict[str, Any] = {}
         self.artifacts: list[tuple[str, str | None]] = []
+        self.children: list[tuple[str, dict[str, Any], RecordingTracker]] = []
+        self.status: str | None = None
+
+    def child(self, name: str, tags: Mapping[str, Any] | None = None) -> "RecordingTracker":  # noqa: D102
+        c = RecordingTracker()
+        c.tags.update(tags or {})
+        self.children.append((name, dict(tags or {}), c))
+        return c
+
+    def end(self, status: str = "FINISHED") -> None:  # noqa: D102
+        self.status = status
 
     def log_params(self, params: Mapping[str, Any]) -> None:  # noqa: D102
         self.params.update(params)
@@ -110,7 +135,17 @@ class MlflowTracker:
         from mlflow.tracking import MlflowClient
 
         self.run_id = run_id
+        self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    def child(self, name: str, tags: Mapping[str, Any] | None = None) -> "MlflowTracker":
+        """A new run nested under this one, in the same experiment."""
+        exp = self.client.get_run(self.run_id).info.experiment_id
+        return MlflowTracker(start_run(exp, name, tags, parent_run_id=self.run_id, tracking_uri=self.tracking_uri),
+                             tracking_uri=self.tracking_uri)
+
+    def end(self, status: str = "FINISHED") -> None:
+        end_run(self.run_id, status, self.tracking_uri)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

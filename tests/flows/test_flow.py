@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import TINY_OVERRIDES, tiny_params
+from tiny import TINY_OVERRIDES, TINY_TUNE, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -313,6 +313,33 @@ def test_retrain_from_earlier_search_run_id(two_runs, env, tmp_path):
                                        stages=["retrain"], overrides=TINY_OVERRIDES + ["retrain:train.epochs=1"]))
     assert out2["stages"]["retrain:optinter"]["cached"]
     assert out2["stages"]["retrain:optinter"]["key"] == r["key"]
+
+
+def test_tune_stage_tunes_retrain_on_valid_with_nested_trial_runs(two_runs, env):
+    import yaml
+
+    from flows.pipeline import optinter_flow
+
+    first, _, _ = two_runs
+    out = optinter_flow(**tiny_params(env["artifacts"], tune_mode="on", tune=dict(TINY_TUNE), baselines=[],
+                                      stages=["retrain"]))
+    assert set(out["stages"]) == {"synth", "preprocess", "search", "tune:optinter", "retrain:optinter"}
+    assert all(out["stages"][n]["cached"] for n in ("synth", "preprocess", "search"))
+    t, r = out["stages"]["tune:optinter"], out["stages"]["retrain:optinter"]
+    assert not t["cached"] and not r["cached"]
+    assert r["key"] != first["stages"]["retrain:optinter"]["key"]  # it read the tuned settings
+    tuned = yaml.safe_load((Path(t["local_dir"]) / "tuned.yaml").read_text())
+    ran = json.loads((Path(r["local_dir"]) / "config.json").read_text())["config"]
+    assert ran["train"]["lr_o"] == pytest.approx(tuned["train.lr_o"])
+    assert ran["model"]["dropout"] == pytest.approx(tuned["model.dropout"])
+    # every trial is a run nested under the tune stage's run
+    trials = _children(env, t["run_id"])
+    assert len(trials) == TINY_TUNE["trials"]
+    assert all(k.startswith("tune:optinter:trial-") and v.data.tags["stage"] == "tune-trial" for k, v in trials.items())
+    # a rerun reuses both
+    again = optinter_flow(**tiny_params(env["artifacts"], tune_mode="on", tune=dict(TINY_TUNE), baselines=[],
+                                        stages=["retrain"]))
+    assert again["stages"]["tune:optinter"]["cached"] and again["stages"]["retrain:optinter"]["cached"]
 
 
 def test_failed_stage_keeps_earlier_outputs_and_next_run_resumes(two_runs, env, monkeypatch):

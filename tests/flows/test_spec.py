@@ -20,6 +20,29 @@ def test_defaults_resolve(tmp_path):
     assert spec.run_config("retrain", "optinter").train.seed == 2026
 
 
+def test_tune_stage_is_on_by_default_and_feeds_retrain(tmp_path):
+    spec = _spec(tmp_path, tune_mode="auto")
+    assert spec.needed == ["synth", "preprocess", "search", "tune", "retrain", "baselines", "evaluate", "analyze"]
+    assert "tune" not in _spec(tmp_path, tune_mode="off").needed
+    tc = _spec(tmp_path, tune_mode="on", tune={"trials": 3}).tune_config()
+    assert tc.trials == 3 and tc.model == "optinter"
+    # a setting the user fixes for the re-train is not tuned
+    fixed = _spec(tmp_path, tune_mode="on", overrides=[*TINY_OVERRIDES, "retrain:train.lr_o=1e-3"]).tune_config()
+    assert all(not s.startswith("train.lr_o=") for s in fixed.space_strings())
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"tune_mode": "sometimes"}, "parameter 'tune_mode'"),
+    ({"tune_mode": "on", "tune": {"trials": 0, "minutes": 0}}, "budget is empty"),
+    ({"tune_mode": "on", "tune": {"tirals": 3}}, "unknown keys"),
+    ({"tune_mode": "on", "tune": {"space": ["train.nope=log:1:2"]}}, "unknown setting"),
+    ({"config_file": "/nonexistent/tuned.yaml"}, "parameter 'config_file'"),
+])
+def test_bad_tune_parameters(tmp_path, kw, match):
+    with pytest.raises(SpecError, match=match):
+        _spec(tmp_path, **kw)
+
+
 @pytest.mark.parametrize("kw, match", [
     ({"dataset": "critteo"}, "parameter 'dataset': unknown dataset 'critteo'"),
     ({"dataset": "criteo", "synth": None, "raw": ["/nonexistent/day_0.gz"]}, "parameter 'raw': no file matches '/nonexistent/day_0.gz'"),
