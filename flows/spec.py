@@ -126,8 +126,8 @@ class PipelineSpec:
         """The ``RunConfig`` of ``model`` in stage ``scope``: the defaults derived from the encoded
         data in ``data`` (its ``feature_map.json``; the library defaults when None, e.g. to check
         overrides before any data exists), the seed, the quick-start ``base_overrides``,
-        ``config_file``, the ``tuned`` settings file (the ``tune`` stage's ``tuned.yaml``), then
-        the user's overrides (which always win)."""
+        ``config_file``, the ``tuned`` settings file (the ``tune`` stage's ``tuned.yaml``), the
+        overrides inherited from ``from_run``, then the user's overrides (which always win)."""
         from optinter.config import apply_overrides, default_config, load_config_file
 
         fmap = None
@@ -141,6 +141,7 @@ class PipelineSpec:
         for f in (self.config_file, tuned):
             if f:
                 cfg = apply_overrides(cfg, load_config_file(f))
+        cfg = apply_overrides(cfg, scoped_overrides(self.inherited_overrides, scope, model))  # from_run's
         return apply_overrides(cfg, scoped_overrides(self.overrides, scope, model))
 
     def tune_config(self) -> Any:

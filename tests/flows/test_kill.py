@@ -77,6 +77,10 @@ def _cmdline(p: psutil.Process) -> str:
         return ""
 
 
+def _step(run) -> str:
+    return "pipeline" if run.data.tags.get("stage") == "pipeline" else run.data.tags.get("optinter.step", "")
+
+
 def _runs_of(uri: str, pid: int) -> list:
     from mlflow.tracking import MlflowClient
 
@@ -88,7 +92,7 @@ def _runs_of(uri: str, pid: int) -> list:
 
 def test_kill_9_then_rerun_marks_runs_killed_and_leaves_no_process(tmp_path):
     args = [str(BIN / "optinter"), "run", "--artifact-root", str(tmp_path / "artifacts"), "--stages", "retrain",
-            "--baselines", "none"]
+            "--baselines", "none", "--tune", "off"]
     for k, v in TINY_SYNTH.items():
         args += ["--synth", f"{k}={json.dumps(v)}"]
     for k, v in TINY_PREPROCESS.items():
@@ -112,7 +116,7 @@ def test_kill_9_then_rerun_marks_runs_killed_and_leaves_no_process(tmp_path):
         first.proc.wait(timeout=10)
         _, alive = psutil.wait_procs(kids, timeout=20)
         assert not alive, f"left running after kill -9: {[_cmdline(p) for p in alive]}"
-        left = {r.data.tags.get("optinter.step", "pipeline"): r.info.status for r in _runs_of(uri, first.pid)}
+        left = {_step(r): r.info.status for r in _runs_of(uri, first.pid)}
         assert left["pipeline"] == left["retrain:optinter"] == "RUNNING"  # nothing could close them
 
         second = Run(args, tmp_path, env, tmp_path / "second.log")
@@ -121,7 +125,7 @@ def test_kill_9_then_rerun_marks_runs_killed_and_leaves_no_process(tmp_path):
         killed = _runs_of(uri, first.pid)
         assert {r.info.status for r in killed} <= {"KILLED", "FINISHED"}
         for r in killed:
-            if r.data.tags.get("optinter.step") in (None, "retrain:optinter"):  # the parent and re-train
+            if _step(r) in ("pipeline", "retrain:optinter"):  # the parent and the re-train
                 assert r.info.status == "KILLED", r.info.run_name
                 reason = r.data.tags["optinter.killed_reason"]
                 assert f"process {first.pid} on " in reason and "ended without closing it" in reason
@@ -135,7 +139,7 @@ def test_kill_9_then_rerun_marks_runs_killed_and_leaves_no_process(tmp_path):
         assert second.proc.wait(timeout=90) == 130, second.text()[-3000:]
         _, alive = psutil.wait_procs(kids, timeout=20)
         assert not alive, f"left running after SIGTERM: {[_cmdline(p) for p in alive]}"
-        closed = {r.data.tags.get("optinter.step", "pipeline"): r for r in _runs_of(uri, second.pid)}
+        closed = {_step(r): r for r in _runs_of(uri, second.pid)}
         for step in ("pipeline", "retrain:optinter"):
             assert closed[step].info.status == "KILLED", step
             assert "terminated by SIGTERM" in closed[step].data.tags["optinter.killed_reason"]

@@ -162,9 +162,10 @@ def test_deployment_run_against_local_services(tmp_path):
                      "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
         serve = procs.start("optinter-serve", [str(BIN / "optinter"), "serve"], serve_env, tmp_path)
         # every deployment is registered before serving starts: all there when serve says so
-        procs.wait_until("the deployments", lambda: "registered 7 deployments" in procs.text("optinter-serve"), 120)
         from flows.deploy import DEPLOYMENTS
 
+        procs.wait_until("the deployments", lambda: f"registered {len(DEPLOYMENTS)} deployments"
+                         in procs.text("optinter-serve"), 120)
         for name in DEPLOYMENTS:
             assert _get(f"{api_local}/deployments/name/optinter/{name}") == 200, name
         procs.wait_until("the MLflow server", lambda: _get(f"{mlflow_local}/health") == 200, 90)
