@@ -403,7 +403,7 @@ def test_cli_run_in_a_fresh_process(two_runs, env, tmp_path):
 
     first, _, _ = two_runs
     args = [str(Path(sys.executable).parent / "optinter"), "run", "--artifact-root", str(env["artifacts"]),
-            "--baselines", "lr,fm"]
+            "--baselines", "lr,fm", "--tune", "off"]  # as tiny_params
     for k, v in tiny_params(env["artifacts"])["synth"].items():
         args += ["--synth", f"{k}={json.dumps(v)}"]
     for o in TINY_OVERRIDES:

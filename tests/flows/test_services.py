@@ -183,7 +183,7 @@ def test_deployment_run_against_local_services(tmp_path):
             (tmp_path / f"watch-{name}.txt").write_text(run.stdout + run.stderr)
             return run.returncode, run.stdout + run.stderr
 
-        params = {"synth": TINY_SYNTH, "overrides": TINY_OVERRIDES, "baselines": ["lr"]}
+        params = {"synth": TINY_SYNTH, "overrides": TINY_OVERRIDES, "baselines": ["lr"], "tune_mode": "off"}
         rc, watched = deployment_run("full-pipeline", params)
         assert rc == 0, watched[-3000:] + procs.tail("optinter-serve", 80)
         assert "Completed" in watched
