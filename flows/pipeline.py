@@ -29,6 +29,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from . import steps  # noqa: E402
 from .cache import StageRecord  # noqa: E402
+from .results import render_summary  # noqa: E402
 from .spec import PipelineSpec, resolve_spec  # noqa: E402
 
 FLOW_NAME = "optinter"
@@ -191,11 +192,11 @@ def optinter_flow(
         summary = steps.summarize(ctx, records, evaluate)
     except BaseException as e:
         steps.close_context(ctx, error=e)
+        logger.error(steps.failure_message(ctx, e))  # the last lines of the run log (UI, --watch)
         raise
     steps.close_context(ctx, summary=summary)
     n_cached = sum(1 for r in records.values() if r.cached)
-    logger.info("done: %d stages (%d reused); MLflow parent run %s; open the UI with: %s", len(records), n_cached,
-                ctx.parent_run_id, summary["ui_command"])
+    logger.info("done: %d stages (%d reused)\n%s", len(records), n_cached, render_summary(summary))
     return summary
 
 
@@ -203,13 +204,11 @@ def _open(spec: PipelineSpec) -> steps.Context:
     from prefect.context import get_run_context
 
     tags: dict[str, str] = {}
-    name = None
     try:
         fr = get_run_context().flow_run  # type: ignore[union-attr]
         tags = {"prefect.flow_run_id": str(fr.id), "prefect.flow_run_name": fr.name}
         if fr.deployment_id:
             tags["prefect.deployment_id"] = str(fr.deployment_id)
-        name = f"{spec.dataset_name}-{fr.name}"
     except Exception:  # noqa: BLE001 — outside a flow run (direct call of .fn)
         pass
-    return steps.open_context(spec, run_name=name, extra_tags=tags)
+    return steps.open_context(spec, extra_tags=tags)

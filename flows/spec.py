@@ -83,6 +83,8 @@ class PipelineSpec:
     overrides: list[str] = field(default_factory=list)
     #: defaults laid under ``overrides`` (the synthetic quick start's); the user's always win
     base_overrides: list[str] = field(default_factory=list)
+    #: the overrides of the ``from_run`` reference, between the base and the user's own layer
+    inherited_overrides: list[str] = field(default_factory=list)
     baselines: list[str] = field(default_factory=list)
     seed: int = 2026
     artifact_root: str = DEFAULT_ARTIFACT_ROOT
@@ -116,8 +118,8 @@ class PipelineSpec:
         """The ``RunConfig`` of ``model`` in stage ``scope``: the defaults derived from the encoded
         data in ``data`` (its ``feature_map.json``; the library defaults when None, e.g. to check
         overrides before any data exists), the seed, the quick-start ``base_overrides``,
-        ``config_file``, the ``tuned`` settings file (the ``tune`` stage's ``tuned.yaml``), then
-        the user's overrides (which always win)."""
+        ``config_file``, the ``tuned`` settings file (the ``tune`` stage's ``tuned.yaml``), the
+        overrides inherited from ``from_run``, then the user's overrides (which always win)."""
         from optinter.config import apply_overrides, default_config, load_config_file
 
         fmap = None
@@ -131,6 +133,7 @@ class PipelineSpec:
         for f in (self.config_file, tuned):
             if f:
                 cfg = apply_overrides(cfg, load_config_file(f))
+        cfg = apply_overrides(cfg, scoped_overrides(self.inherited_overrides, scope, model))  # from_run's
         return apply_overrides(cfg, scoped_overrides(self.overrides, scope, model))
 
     def tune_config(self) -> Any:
@@ -145,9 +148,16 @@ class PipelineSpec:
             tc.space = tuple(s for s in tc.space_strings() if s.split("=", 1)[0].strip() not in fixed)
         return tc
 
+    @property
+    def user_overrides(self) -> list[str]:
+        """The overrides this run was given, those inherited from ``from_run`` first."""
+        return self.inherited_overrides + self.overrides
+
     def overrides_for(self, scope: str, model: str) -> list[str]:
-        """Base (quick-start) overrides, then the user's: each layer unscoped first, then scoped."""
-        return scoped_overrides(self.base_overrides, scope, model) + scoped_overrides(self.overrides, scope, model)
+        """Base (quick-start) overrides, then those inherited from ``from_run``, then the user's:
+        each layer unscoped first, then scoped (so a later layer wins)."""
+        return [o for layer in (self.base_overrides, self.inherited_overrides, self.overrides)
+                for o in scoped_overrides(layer, scope, model)]
 
 
 def parse_override(item: str) -> tuple[str | None, str]:
@@ -205,6 +215,16 @@ def needed_stages(targets: Iterable[str], synthetic_without_files: bool, has_bas
         if s == "retrain" and tune:
             stack.append("tune")
     return [s for s in STAGES if s in need]
+
+
+def check_run_configs(spec: PipelineSpec) -> None:
+    """Every model config the run will build must be valid (unknown keys, bad values): SpecError."""
+    models = {("search", SEARCH_MODEL), ("retrain", SEARCH_MODEL)} | {("baselines", m) for m in spec.baselines}
+    for scope, model in sorted(models):
+        try:
+            spec.run_config(scope, model)
+        except ValueError as e:
+            raise SpecError(f"parameter 'overrides' ({scope}/{model}): {e}") from None
 
 
 def _check_threshold(name: str, v: Any) -> int | None:
@@ -397,13 +417,7 @@ def resolve_spec(
         raise SpecError(f"dataset {schema.name!r} needs data: give 'raw' files or "
                         f"'train_path'/'valid_path'/'test_path' (or 'from_run' with earlier results)")
 
-    # every model config this run will build must be valid (unknown keys, bad values)
-    models = {("search", SEARCH_MODEL), ("retrain", SEARCH_MODEL)} | {("baselines", m) for m in baselines}
-    for scope, model in sorted(models):
-        try:
-            spec.run_config(scope, model)
-        except ValueError as e:
-            raise SpecError(f"parameter 'overrides' ({scope}/{model}): {e}") from None
+    check_run_configs(spec)
     if compare and "compare" not in spec.needed:
         raise SpecError("parameter 'compare' is only used with stage 'compare' (stages=['compare'])")
     if "compare" in spec.needed:

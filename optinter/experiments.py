@@ -44,7 +44,7 @@ from preprocess.feature_map import FeatureMap, fingerprint
 from .config import RunConfig, default_config, merged_config, paper_config
 from .report import REPORT_FILE, write_report
 from .stats import fmt_mean_std, fmt_p, fmt_params, mean_std, paired_ttest
-from .tracking import Tracker, as_tracker
+from .tracking import TAG_STEP, Tracker, as_tracker
 
 log = logging.getLogger(__name__)
 
@@ -321,8 +321,10 @@ class _Runner:
             return self._done[key]
         tr = None
         if self.cache.get(key) is None:
-            tr = self.children.open(job.label, {"optinter.model": job.model, "optinter.compare_table": table,
-                                                "optinter.seed": cfg.train.seed, "optinter.compare_key": key})
+            # named by job and short key: jobs of other settings read apart across compare runs
+            tr = self.children.open(f"{job.label} {key[:8]}", {
+                TAG_STEP: job.label, "optinter.model": job.model, "optinter.compare_table": table,
+                "optinter.seed": cfg.train.seed, "optinter.compare_key": key})
         log.info("compare [%s]: %s (key %s)", table, job.label, key)
         ok = False
         try:
@@ -569,7 +571,8 @@ def run_compare(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     n, na = cc.seeds, cc.n_ablation
     tables = set(cc.tables)
     tr.log_params({f"compare.{k}": (",".join(map(str, v)) if isinstance(v, tuple) else v)
-                   for k, v in dataclasses.asdict(cc).items()})
+                   for k, v in dataclasses.asdict(cc).items() if k != "cache_dir"})
+    tr.set_tags({"compare.cache_dir": str(cache_dir)})  # a machine path: a tag, not a param
     log.info("compare: tables %s; models %s; %d seeds (%d for ablations); cache %s",
              ",".join(cc.tables), ",".join(models), n, na, cache_dir)
 

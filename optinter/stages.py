@@ -32,7 +32,7 @@ from .models.base import CTRModel
 from .registry import available_models, build_model, build_search_model, has_search_variant, needs_architecture
 from .search import evaluate_without_retrain, search
 from .tracking import Tracker, as_tracker
-from .train import FitResult, evaluate, fit, resolve_device, seed_everything
+from .train import FitResult, evaluate, final_metric_name, fit, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,9 @@ def _fingerprint(stage: str, name: str, cfg: RunConfig, fmap: FeatureMap, arch: 
 
 
 def _log_start(tr: Tracker, stage: str, name: str, cfg: RunConfig, data_dir: str | Path, fmap: FeatureMap) -> None:
-    tr.set_tags({"stage": stage, "model": name, "dataset": fmap.dataset})
-    tr.log_params({**cfg.flat(), "stage": stage, "model": name, "data_dir": str(data_dir),
-                   "feature_map_hash": fmap.content_hash})
+    # the data folder is a machine path: a tag, not a param (params are compared across runs)
+    tr.set_tags({"stage": stage, "model": name, "dataset": fmap.dataset, "data_dir": str(data_dir)})
+    tr.log_params({**cfg.flat(), "stage": stage, "model": name, "feature_map_hash": fmap.content_hash})
 
 
 def _setup(cfg: RunConfig) -> torch.device:
@@ -154,12 +154,12 @@ def _write_config(path: Path, cfg: RunConfig, fmap: FeatureMap, model: str) -> N
                                                  for k, v in ran.items() if dflt.get(k) != v and k != "train.seed"}})
 
 
-def _finish(tr: Tracker, out: Path, metrics: dict[str, Any]) -> None:
-    # Logged at the last epoch's step (and later in time), so MLflow's "latest value" of a key that
-    # also has a per-epoch history (valid_auc, samples_per_s) is the final, selected-model figure.
+def _finish(tr: Tracker, out: Path, metrics: dict[str, Any], prefixes: tuple[str, ...] = ("",)) -> None:
+    # ``prefixes``: the metric prefixes fit() logged per-epoch curves with; a final figure of such a
+    # curve gets its own name (valid_auc → best_valid_auc) instead of one more point on the curve.
     step = int(metrics.get("epochs") or 0)
-    tr.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                   step=step)
+    tr.log_metrics({final_metric_name(k, prefixes): float(v) for k, v in metrics.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
     for f in sorted(out.iterdir()):
         if f.suffix == ".json":
             tr.log_artifact(f)
@@ -227,7 +227,7 @@ def run_search(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, tracke
         _write_json(tmp / METRICS_FILE, metrics)
         _write_config(tmp / CONFIG_FILE, cfg, fmap, model)
     shutil.rmtree(work, ignore_errors=True)
-    _finish(tr, Path(out_dir), metrics)
+    _finish(tr, Path(out_dir), metrics, ("search_",))
     log.info("search done: %s", _summary(metrics))
     return metrics
 
@@ -315,7 +315,7 @@ def run_train(data_dir: str | Path, model_name: str, out_dir: str | Path, cfg: R
         _write_json(tmp / METRICS_FILE, metrics)
         _write_config(tmp / CONFIG_FILE, cfg, fmap, model_name)
     shutil.rmtree(work, ignore_errors=True)
-    _finish(tr, Path(out_dir), metrics)
+    _finish(tr, Path(out_dir), metrics, ("search_", "") if searched else ("",))
     log.info("train done: %s", _summary(metrics))
     return metrics
 

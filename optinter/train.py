@@ -360,6 +360,24 @@ def _restore_best(
     return best_state, best_opt_state
 
 
+#: Per-epoch metrics :func:`fit` logs at steps 1..epochs (keys prefixed with its ``metric_prefix``).
+EPOCH_METRICS = ("train_loss", "valid_auc", "valid_logloss", "samples_per_s", "tau")
+#: The final figure of a per-epoch metric is logged under its own name, not as one more point of the curve.
+FINAL_METRIC_NAMES = {"valid_auc": "best_valid_auc", "valid_logloss": "best_valid_logloss",
+                      "samples_per_s": "mean_samples_per_s"}
+
+
+def final_metric_name(key: str, prefixes: Iterable[str] = ("",)) -> str:
+    """The name under which a final figure ``key`` is logged after :func:`fit` ran with each of
+    ``prefixes``: ``valid_auc`` → ``best_valid_auc`` (``search_valid_auc`` → ``search_best_valid_auc``)
+    when that run logged a ``valid_auc`` curve; other keys unchanged."""
+    for p in prefixes:
+        base = key[len(p):] if key.startswith(p) else None
+        if base in FINAL_METRIC_NAMES:
+            return p + FINAL_METRIC_NAMES[base]
+    return key
+
+
 def _cycle(loader: Any, train_epoch: int) -> Iterator[Batch]:
     """Endless validation batches for the bi-level α updates; the order depends only on the
     training epoch (so a resumed run sees the same batches)."""
