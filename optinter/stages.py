@@ -6,6 +6,10 @@ Each one validates the configuration, the feature map, the architecture and the 
 best (validation-AUC) weights, writes its outputs into a temporary folder that is renamed to
 ``out_dir`` at the end, logs params / metrics / artifacts to the tracker and returns the metrics.
 
+Re-train and train also write ``encoder/`` (the data's feature map and the vocabularies the model
+needs, :func:`preprocess.encoder.export_encoder`), so the output folder alone scores raw rows
+(:mod:`optinter.predict`), and log the model as an MLflow pyfunc model when the tracker logs models.
+
 ``metrics.json`` keys: ``model``, ``stage``, ``valid_auc``, ``valid_logloss``, ``test_auc``,
 ``test_logloss``, ``params``, ``epochs``, ``best_epoch``, ``seconds``, ``samples_per_s``, and for
 models with an architecture ``n_memorize``, ``n_factorize``, ``n_naive``, ``arch_hash``.
@@ -148,6 +152,13 @@ def _finish(tr: Tracker, out: Path, metrics: dict[str, Any]) -> None:
             tr.log_artifact(f)
 
 
+def _log_model(tr: Tracker, out: Path) -> None:
+    """The trained model in ``out`` as an MLflow pyfunc model, when the tracker logs models."""
+    log_model = getattr(tr, "log_model", None)
+    if log_model is not None:
+        log_model(out)
+
+
 # ---- search ------------------------------------------------------------------------------------------
 def _search_core(data_dir: str | Path, fmap: FeatureMap, cfg: RunConfig, model_name: str, work: Path,
                  tracker: Tracker) -> tuple[Architecture, dict[str, Any]]:
@@ -221,6 +232,11 @@ def _train_core(data_dir: str | Path, fmap: FeatureMap, cfg: RunConfig, name: st
     if arch is not None:
         metrics.update({**arch.count_dict(), "arch_hash": arch.hash(), "arch_source": arch.source})
     _save_model(out / MODEL_FILE, name, model, cfg, fmap, arch)
+    from preprocess.encoder import export_encoder
+
+    from .predict import ENCODER_DIR
+
+    export_encoder(data_dir, out / ENCODER_DIR, model.required_pairs())  # what scoring raw rows needs
     return metrics
 
 
@@ -248,6 +264,7 @@ def run_retrain(data_dir: str | Path, arch_path: str | Path, out_dir: str | Path
         _write_json(tmp / METRICS_FILE, metrics)
     shutil.rmtree(work, ignore_errors=True)
     _finish(tr, Path(out_dir), metrics)
+    _log_model(tr, Path(out_dir))
     log.info("retrain done: %s", _summary(metrics))
     return metrics
 
@@ -283,6 +300,7 @@ def run_train(data_dir: str | Path, model_name: str, out_dir: str | Path, cfg: R
         _write_json(tmp / METRICS_FILE, metrics)
     shutil.rmtree(work, ignore_errors=True)
     _finish(tr, Path(out_dir), metrics)
+    _log_model(tr, Path(out_dir))
     log.info("train done: %s", _summary(metrics))
     return metrics
 

@@ -1,6 +1,8 @@
 """Experiment tracking behind a small protocol, so library code never imports MLflow directly.
 
-Library functions take ``tracker: Tracker | None``; ``None`` means :class:`NullTracker`.
+Library functions take ``tracker: Tracker | None``; ``None`` means :class:`NullTracker`. A tracker
+may also have ``log_model(bundle_dir)`` (the training stages then log the trained model;
+:class:`MlflowTracker` logs it as an MLflow pyfunc model, :mod:`optinter.pyfunc`).
 :class:`MlflowTracker` logs into one MLflow run (created by the caller, usually a nested run per
 stage or per model); Prefect runs tasks in threads and MLflow's active run is per thread, so the
 tracker always addresses its run by id through ``MlflowClient`` instead of the fluent API.
@@ -51,6 +53,9 @@ class NullTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:  # noqa: D102
         pass
 
+    def log_model(self, bundle_dir: str | Path) -> None:  # noqa: D102 — optional: trained-model logging
+        pass
+
 
 class RecordingTracker(NullTracker):
     """In-memory tracker for tests: keeps everything it is given."""
@@ -60,6 +65,7 @@ class RecordingTracker(NullTracker):
         self.metrics: list[tuple[str, float, int | None]] = []
         self.tags: dict[str, Any] = {}
         self.artifacts: list[tuple[str, str | None]] = []
+        self.models: list[str] = []
 
     def log_params(self, params: Mapping[str, Any]) -> None:  # noqa: D102
         self.params.update(params)
@@ -72,6 +78,9 @@ class RecordingTracker(NullTracker):
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:  # noqa: D102
         self.artifacts.append((str(path), artifact_path))
+
+    def log_model(self, bundle_dir: str | Path) -> None:  # noqa: D102
+        self.models.append(str(bundle_dir))
 
     def last(self, key: str) -> float:
         """Last logged value of metric ``key``."""
@@ -144,6 +153,12 @@ class MlflowTracker:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
         else:
             log.warning("artifact %s does not exist; not logged", path)
+
+    def log_model(self, bundle_dir: str | Path) -> None:
+        """The trained model in ``bundle_dir`` as an MLflow pyfunc model at ``runs:/<run id>/model``."""
+        from .pyfunc import log_pyfunc_model
+
+        log_pyfunc_model(self.client, self.run_id, bundle_dir)
 
 
 def as_tracker(tracker: Tracker | None) -> Tracker:

@@ -46,6 +46,19 @@ def atomic_output_dir(out_dir: str | os.PathLike[str], merge: bool = False) -> I
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def scratch_beside(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary folder beside ``path`` (``.<name>.tmp-*``, same file system: a file written there
+    is moved onto ``path`` with ``os.replace``), removed at the end whatever happens."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def json_path(path: str | Path, default_name: str) -> Path:
     """``path`` itself, or ``path / default_name`` when ``path`` is a folder."""
     path = Path(path)
