@@ -49,9 +49,11 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "analyze": ("optinter/analysis.py", "preprocess/feature_map.py"),
     "evaluate": ("flows/results.py",),
     "compare": ("optinter", "preprocess/feature_map.py"),
+    "score": ("optinter", "preprocess"),
 }
 # Model-stage keys ignore modules that cannot change a trained model's numbers.
-_CODE_EXCLUDE = ("optinter/analysis.py", "optinter/experiments.py", "optinter/cli.py", "optinter/tracking.py")
+_CODE_EXCLUDE = ("optinter/analysis.py", "optinter/experiments.py", "optinter/cli.py", "optinter/tracking.py",
+                 "optinter/cli_predict.py", "optinter/scoring.py")
 
 
 def stable_hash(obj: Any, length: int = _HASH_LEN) -> str:

@@ -3,6 +3,7 @@
     validate → [synth] → preprocess → search → retrain ─┐
                                    └→ baselines (train:<model> …) ─┴→ evaluate → analyze
                                    └→ compare (when asked)
+    [register the models asked for] → score (when asked: raw files + a model → scores)
 
 Prefect's own result cache is off (``NO_CACHE``): stages are reused through content-keyed folders
 under the artifact root (``flows.cache``), which works across processes and machines and still
@@ -81,6 +82,16 @@ def compare_task(ctx: steps.Context, data: StageRecord) -> StageRecord:
     return steps.step_compare(ctx, data)
 
 
+@task(name="register", **_TASK)
+def register_task(ctx: steps.Context, trained: list[StageRecord]) -> dict[str, str]:
+    return steps.step_register(ctx, trained)
+
+
+@task(name="score", **_TASK)
+def score_task(ctx: steps.Context, retrain: StageRecord | None) -> StageRecord:
+    return steps.step_score(ctx, retrain)
+
+
 @flow(name=FLOW_NAME, description="OptInter: preprocess → search → re-train → evaluate → MI analysis, + baselines",
       validate_parameters=True)
 def optinter_flow(
@@ -103,6 +114,8 @@ def optinter_flow(
     experiment: str = "optinter",
     quickstart: bool = True,
     compare: dict[str, Any] | None = None,
+    score: dict[str, Any] | None = None,
+    register: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline (or the ``stages`` asked for and what they need); returns ``steps.summarize``.
 
@@ -125,13 +138,18 @@ def optinter_flow(
         experiment: MLflow experiment name.
         quickstart: small default model / data sizes for the synthetic dataset.
         compare: ``CompareConfig`` settings of the ``compare`` stage (models, seeds, tables...).
+        score: the ``score`` stage: ``raw`` files to score, ``model`` (a run folder, an MLflow run
+            id or ``models:/NAME/VERSION``; default this run's re-trained OptInter) and options
+            of ``optinter.scoring.score_files`` (``on_bad_rows``, ``id_columns``, ...).
+        register: register trained models in the MLflow Model Registry: ``NAME`` (the re-trained
+            OptInter) or ``MODEL=NAME`` items.
     """
     logger = get_run_logger()
     params = dict(dataset=dataset, raw=raw, train_path=train_path, valid_path=valid_path, test_path=test_path,
                   synth=synth, preprocess=preprocess, oov_threshold=oov_threshold, cross_threshold=cross_threshold,
                   overrides=overrides, baselines=baselines, seed=seed, artifact_root=artifact_root, force=force,
                   from_run=from_run, stages=stages, experiment=experiment, quickstart=quickstart,
-                  compare=compare)
+                  compare=compare, score=score, register=register)
     try:
         spec = validate(params)
     except Exception as e:
@@ -148,13 +166,16 @@ def optinter_flow(
             synth_rec = synth_task(ctx)
         if synth_rec is not None:
             records["synth"] = synth_rec
-        data = records["preprocess"] = preprocess_task(ctx, synth_rec)
+        data = None
+        if spec.wants("preprocess"):
+            data = records["preprocess"] = preprocess_task(ctx, synth_rec)
         search = None
         if spec.wants("search") or "search" in reused:
             search = records["search"] = search_task(ctx, data)
         trained: list[StageRecord] = []
+        retrained = None
         if spec.wants("retrain"):
-            r = retrain_task(ctx, data, search)
+            r = retrained = retrain_task(ctx, data, search)
             records[r.name] = r
             trained.append(r)
         if spec.wants("baselines"):
@@ -169,6 +190,10 @@ def optinter_flow(
             records["analyze"] = analyze_task(ctx, data, search, synth_rec, trained)
         if spec.wants("compare"):
             records["compare"] = compare_task(ctx, data)
+        if spec.register:
+            register_task(ctx, trained)
+        if spec.wants("score"):
+            records["score"] = score_task(ctx, retrained)
         summary = steps.summarize(ctx, records, evaluate)
     except BaseException as e:
         steps.close_context(ctx, error=e)

@@ -160,3 +160,49 @@ def register_model(run_id: str, name: str, tracking_uri: str | None = None,
                                      tags={"optinter.model": run.data.tags.get("model", "")})
     log.info("registered %s version %s (run %s)", name, mv.version, run_id)
     return f"models:/{name}/{mv.version}"
+
+
+def register(ref: str | Path, name: str, tracking_uri: str | None = None, experiment: str = "optinter") -> str:
+    """Register a trained model as a new version of ``name``; returns ``models:/<name>/<version>``.
+
+    ``ref``: a bundle folder (logged first as the model of a new run named ``register:<name>`` in
+    ``experiment``), an MLflow run id (a pipeline run: its re-trained OptInter) or ``runs:/<id>/<path>``.
+    A run without a logged model whose output folder is on this machine gets it logged first.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from . import tracking as tr
+    from .predict import _RUN_ID, _model_run
+
+    uri = tracking_uri or tr.default_tracking_uri()
+    s = str(ref)
+    path = Path(s).expanduser()
+    artifact = MODEL_ARTIFACT
+    if path.exists():
+        bundle = find_bundle(path)
+        exp = tr.ensure_experiment(experiment, uri)
+        run_id = tr.start_run(exp, f"register:{name}", {tr.TAG_STAGE: "register", tr.TAG_OUTPUT: str(bundle)},
+                              tracking_uri=uri)
+        t = tr.MlflowTracker(run_id, tracking_uri=uri)
+        try:
+            if (bundle / METRICS_FILE).is_file():
+                t.log_artifact(bundle / METRICS_FILE)
+            if log_pyfunc_model(t.client, run_id, bundle) is None:
+                raise ValueError(f"{bundle}: the model has no vocabularies, so no MLflow model that reads raw rows")
+        except BaseException:
+            tr.end_run(run_id, "FAILED", uri)
+            raise
+        tr.end_run(run_id, "FINISHED", uri)
+    elif s.startswith("runs:/"):
+        run_id, _, artifact = s[len("runs:/"):].partition("/")
+        artifact = artifact.strip("/") or MODEL_ARTIFACT
+    elif _RUN_ID.match(s):
+        run = _model_run(s, uri)
+        run_id = run.info.run_id
+        out = run.data.tags.get(tr.TAG_OUTPUT, "")
+        client = MlflowClient(tracking_uri=uri)
+        if not client.list_artifacts(run_id, MODEL_ARTIFACT) and out and (Path(out) / MODEL_FILE).is_file():
+            log_pyfunc_model(client, run_id, out)
+    else:
+        raise ValueError(f"model {s!r}: not a folder, an MLflow run id or runs:/<run id>/<path>")
+    return register_model(run_id, name, uri, artifact)
