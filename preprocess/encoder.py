@@ -144,7 +144,7 @@ def _integral_strings(x: np.ndarray, name: str) -> pa.Array:
     ok = ~np.isnan(x)
     frac = ok & ((~np.isfinite(x)) | (np.floor(np.where(ok, x, 0.0)) != np.where(ok, x, 0.0)))
     if frac.any():
-        raise _wrong_type(name, "categorical values (strings or integers)", f"the number {x[frac][0]!r}")
+        raise _wrong_type(name, "categorical values (strings or integers)", f"the number {float(x[frac][0])!r}")
     return pa.array(np.where(ok, x, 0).astype(np.int64), mask=~ok).cast(pa.string())
 
 
