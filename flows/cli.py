@@ -103,7 +103,7 @@ def flow_params(args: argparse.Namespace) -> dict[str, Any]:
         baselines=baselines, seed=args.seed, artifact_root=args.artifact_root,
         force=[f for group in args.force for f in group] or None, from_run=args.from_run, stages=args.stages,
         experiment=args.experiment, quickstart=args.quickstart, compare=dict(args.compare) or None,
-        score=dict(args.score) or None, register=args.register or None)
+        score=dict(args.score) or None, register_as=args.register or None)
 
 
 def render_summary(summary: dict[str, Any]) -> str:

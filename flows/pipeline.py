@@ -115,7 +115,7 @@ def optinter_flow(
     quickstart: bool = True,
     compare: dict[str, Any] | None = None,
     score: dict[str, Any] | None = None,
-    register: list[str] | None = None,
+    register_as: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline (or the ``stages`` asked for and what they need); returns ``steps.summarize``.
 
@@ -141,7 +141,7 @@ def optinter_flow(
         score: the ``score`` stage: ``raw`` files to score, ``model`` (a run folder, an MLflow run
             id or ``models:/NAME/VERSION``; default this run's re-trained OptInter) and options
             of ``optinter.scoring.score_files`` (``on_bad_rows``, ``id_columns``, ...).
-        register: register trained models in the MLflow Model Registry: ``NAME`` (the re-trained
+        register_as: register trained models in the MLflow Model Registry: ``NAME`` (the re-trained
             OptInter) or ``MODEL=NAME`` items.
     """
     logger = get_run_logger()
@@ -149,7 +149,7 @@ def optinter_flow(
                   synth=synth, preprocess=preprocess, oov_threshold=oov_threshold, cross_threshold=cross_threshold,
                   overrides=overrides, baselines=baselines, seed=seed, artifact_root=artifact_root, force=force,
                   from_run=from_run, stages=stages, experiment=experiment, quickstart=quickstart,
-                  compare=compare, score=score, register=register)
+                  compare=compare, score=score, register_as=register_as)
     try:
         spec = validate(params)
     except Exception as e:
@@ -190,7 +190,7 @@ def optinter_flow(
             records["analyze"] = analyze_task(ctx, data, search, synth_rec, trained)
         if spec.wants("compare"):
             records["compare"] = compare_task(ctx, data)
-        if spec.register:
+        if spec.register_as:
             register_task(ctx, trained)
         if spec.wants("score"):
             records["score"] = score_task(ctx, retrained)

@@ -94,9 +94,9 @@ class PipelineSpec:
     experiment: str = "optinter"
     tracking_uri: str = ""
     compare: dict[str, Any] | None = None
-    #: ``score`` stage settings (model, raw files, score_files options); ``register``: model → registry name
+    #: ``score`` stage settings (model, raw files, score_files options); ``register_as``: model → registry name
     score: dict[str, Any] | None = None
-    register: dict[str, str] = field(default_factory=dict)
+    register_as: dict[str, str] = field(default_factory=dict)
     needed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -216,7 +216,7 @@ def resolve_spec(
     quickstart: bool = True,
     compare: Mapping[str, Any] | None = None,
     score: Mapping[str, Any] | None = None,
-    register: str | Sequence[str] | Mapping[str, str] | None = None,
+    register_as: str | Sequence[str] | Mapping[str, str] | None = None,
 ) -> PipelineSpec:
     """Check every parameter and return the :class:`PipelineSpec`; raises :class:`SpecError`.
 
@@ -333,14 +333,14 @@ def resolve_spec(
             ARTIFACT_ROOT_ENV, DEFAULT_ARTIFACT_ROOT)),
         force=force, from_run=from_run, targets=targets, experiment=experiment,
         tracking_uri=tracking_uri or default_tracking_uri(), compare=dict(compare) if compare else None,
-        score=check_score(score, "score" in targets), register=parse_register(register, baselines),
+        score=check_score(score, "score" in targets), register_as=parse_register(register_as, baselines),
     )
     if "score" in targets and not spec.score.get("model"):  # type: ignore[union-attr]
         targets = targets + ["retrain"]  # score this run's re-trained OptInter
     spec.needed = needed_stages(targets, synth_cfg is not None, bool(baselines))
-    for m in spec.register:
+    for m in spec.register_as:
         if ("retrain" if m == SEARCH_MODEL else "baselines") not in spec.needed:
-            raise SpecError(f"parameter 'register': {m!r} is not trained by stages {targets}")
+            raise SpecError(f"parameter 'register_as': {m!r} is not trained by stages {targets}")
     if not spec.needed:
         raise SpecError(f"nothing to run: stages {targets} with baselines {baselines}")
     if synthetic is False and not raw_files and not splits and not from_run and "preprocess" in spec.needed:
@@ -429,9 +429,9 @@ def parse_register(register: str | Sequence[str] | Mapping[str, str] | None, bas
         model, _, name = str(item).rpartition("=")
         model, name = model.strip() or SEARCH_MODEL, name.strip()
         if not name:
-            raise SpecError(f"parameter 'register': {item!r}: expected NAME or MODEL=NAME")
+            raise SpecError(f"parameter 'register_as': {item!r}: expected NAME or MODEL=NAME")
         if model != SEARCH_MODEL and model not in baselines:
-            raise SpecError(f"parameter 'register': {item!r}: model {model!r} is not trained by this run "
+            raise SpecError(f"parameter 'register_as': {item!r}: model {model!r} is not trained by this run "
                             f"(optinter, or a baseline: {', '.join(baselines) or 'none'})")
         out[model] = name
     return out

@@ -500,13 +500,13 @@ def step_compare(ctx: Context, data: StageRecord) -> StageRecord:
 
 
 def step_register(ctx: Context, trained: Sequence[StageRecord]) -> dict[str, str]:
-    """Register the models named by ``spec.register`` (model → name) from this run's training runs;
+    """Register the models named by ``spec.register_as`` (model → name) from this run's training runs;
     returns model → ``models:/<name>/<version>`` (also tagged on the model's run)."""
     from optinter.pyfunc import register
 
     by_model = {(r.name.split(":", 1)[-1]): r for r in trained}
     out: dict[str, str] = {}
-    for model, name in ctx.spec.register.items():
+    for model, name in ctx.spec.register_as.items():
         rec = by_model.get(model)
         if rec is None:
             raise ValueError(f"register: model {model!r} was not trained in this run")
