@@ -48,15 +48,12 @@ from .config import RunConfig
 from .data import EncodedColumns
 from .models.base import CTRModel
 from .registry import build_model
+from .stages import ENCODER_DIR, METRICS_FILE, MODEL_FILE
 from .train import predict as predict_batches
 from .train import resolve_device
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.pt"
-METRICS_FILE = "metrics.json"
-#: Encoder state inside a bundle (written by the training stages).
-ENCODER_DIR = "encoder"
 #: Key of the bundle among an MLflow pyfunc model's artifacts (``<model>/artifacts/bundle``).
 BUNDLE_ARTIFACT = "bundle"
 ON_BAD_ROWS = ("error", "skip")

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt"
+#: The encoder state in a trained model's folder (feature map + vocabularies it needs).
+ENCODER_DIR = "encoder"
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
@@ -134,11 +136,17 @@ def _fit_metrics(name: str, stage: str, model: CTRModel, res: FitResult, valid: 
     }
 
 
-def _save_model(path: Path, name: str, model: CTRModel, cfg: RunConfig, fmap: FeatureMap,
-                arch: Architecture | None) -> None:
+def save_bundle(out: Path, name: str, model: CTRModel, cfg: RunConfig, fmap: FeatureMap, arch: Architecture | None,
+                data_dir: str | Path) -> None:
+    """What scoring needs (:mod:`optinter.predict`): ``model.pt`` (weights, name, config, architecture,
+    feature-map hash) and ``encoder/`` (the feature map and the vocabularies of the pairs the model
+    reads, :func:`preprocess.encoder.export_encoder`)."""
+    from preprocess.encoder import export_encoder
+
     torch.save({"model": name, "state_dict": {k: v for k, v in model.state_dict().items()},
                 "config": cfg.to_dict(), "architecture": arch.to_dict() if arch is not None else None,
-                "feature_map_hash": fmap.content_hash}, path)
+                "feature_map_hash": fmap.content_hash}, out / MODEL_FILE)
+    export_encoder(data_dir, out / ENCODER_DIR, model.required_pairs())
 
 
 def _finish(tr: Tracker, out: Path, metrics: dict[str, Any]) -> None:
@@ -231,12 +239,7 @@ def _train_core(data_dir: str | Path, fmap: FeatureMap, cfg: RunConfig, name: st
     metrics = _fit_metrics(name, stage, model, res, valid, test, fmap)
     if arch is not None:
         metrics.update({**arch.count_dict(), "arch_hash": arch.hash(), "arch_source": arch.source})
-    _save_model(out / MODEL_FILE, name, model, cfg, fmap, arch)
-    from preprocess.encoder import export_encoder
-
-    from .predict import ENCODER_DIR
-
-    export_encoder(data_dir, out / ENCODER_DIR, model.required_pairs())  # what scoring raw rows needs
+    save_bundle(out, name, model, cfg, fmap, arch, data_dir)
     return metrics
 
 
