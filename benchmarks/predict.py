@@ -1,6 +1,6 @@
 """Scoring speed: raw Criteo-shaped rows → click probabilities, and the served model's latency.
 
-    python benchmarks/predict.py [--rows 500000] [--workers 2] [--requests 300] [--paper] [--dir DIR]
+    python benchmarks/predict.py [--rows 500000] [--workers 2] [--requests 300] [--repeat 1] [--paper] [--dir DIR]
 
 1. Writes ``--rows`` Criteo-shaped rows (the generator of ``benchmarks/preprocess.py``) as the train
    file plus ``rows/10`` valid and test rows, and preprocesses them with the Dask stage
@@ -134,6 +134,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=500_000, help="train rows (scored afterwards)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of the preprocessing stage and of each scoring mode, alternating; the table shows "
+                         "the fastest of each (the least disturbed by other jobs on the machine)")
     ap.add_argument("--paper", action="store_true", help="Table IV model sizes instead of the Criteo defaults")
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temp folder)")
     a = ap.parse_args()
@@ -155,15 +158,23 @@ def main() -> None:
         if not files[s].exists():
             gen.write_criteo_like(files[s], n, seed + a.rows)
     res: dict[str, dict] = {}
-    pp = run_preprocess(PreprocessConfig(dataset="criteo", out=str(base / "data"), train=[str(files["train"])],
-                                         valid=[str(files["valid"])], test=[str(files["test"])], n_workers=a.workers))
-    res["preprocess"] = {"rows": pp["rows_read"], "seconds": pp["seconds"]["total"],
-                         "rows_per_s": pp["rows_read"] / pp["seconds"]["total"]}
-    models = build_models(base / "data", base / "models", a.paper)
-    for name, d in models.items():
-        for mode, local in ((f"dask {a.workers}x1", False), ("in-process", True)):
-            s = score_files(d, [str(files["train"])], base / f"scores-{name}.parquet", n_workers=a.workers, local=local)
-            res[f"{name} ({mode})"] = {"rows": s["rows_scored"], "seconds": s["seconds"], "rows_per_s": s["rows_per_s"]}
+
+    def keep(key: str, rows: int, seconds: float) -> None:
+        if key not in res or seconds < res[key]["seconds"]:
+            res[key] = {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
+
+    models: dict[str, Path] = {}
+    for _ in range(a.repeat):
+        pp = run_preprocess(PreprocessConfig(dataset="criteo", out=str(base / "data"), train=[str(files["train"])],
+                                             valid=[str(files["valid"])], test=[str(files["test"])],
+                                             n_workers=a.workers))
+        keep("preprocess", pp["rows_read"], pp["seconds"]["total"])
+        models = models or build_models(base / "data", base / "models", a.paper)  # same data: same feature map
+        for name, d in models.items():
+            for mode, local in ((f"dask {a.workers}x1", False), ("in-process", True)):
+                s = score_files(d, [str(files["train"])], base / f"scores-{name}.parquet", n_workers=a.workers,
+                                local=local)
+                keep(f"{name} ({mode})", s["rows_scored"], s["seconds"])
     print(f"{'':32} {'rows':>9} {'seconds':>8} {'rows/s':>9}")
     for k, v in res.items():
         print(f"{k:32} {v['rows']:>9,} {v['seconds']:>8.1f} {v['rows_per_s']:>9,.0f}")

@@ -32,9 +32,10 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import torch
 
@@ -194,7 +195,8 @@ class Predictor:
             batches: Iterable[Any] = cols.batches(cols.convert(encoded), self.batch_size)
         else:
             batches = encoded
-        _, p = predict_batches(self.model, batches, self.device)
+        with torch.inference_mode():
+            _, p = predict_batches(self.model, batches, self.device)
         return p.astype(np.float32, copy=False)
 
     def score_parsed(self, parsed: dict[str, Any], on_bad_rows: str = "error", where: str = "input") -> np.ndarray:
@@ -216,12 +218,14 @@ class Predictor:
     def predict(self, data: Any, on_bad_rows: str = "error") -> np.ndarray:
         """Click probabilities (float32, shape N: one per input row, in input order).
 
-        ``data``: a pandas DataFrame / Arrow table of raw columns, a path / glob / list of paths of
+        ``data``: a pandas DataFrame / Arrow table (or a dict) of raw columns, a path / glob / list of paths of
         raw files, or encoded parquet (files or a folder). ``on_bad_rows``: ``"error"`` (default)
         or ``"skip"`` (a bad row's probability is NaN).
         """
         check_on_bad_rows(on_bad_rows)
-        if isinstance(data, (pa.Table, pa.RecordBatch)) or hasattr(data, "iloc"):
+        if isinstance(data, Mapping):
+            data = pd.DataFrame(dict(data))
+        if isinstance(data, (pa.Table, pa.RecordBatch, pd.DataFrame)):
             return self.predict_frame(data, on_bad_rows)
         from .scoring import predict_files
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import MODELS, assert_reproduces
+from test_services import _free_port  # tests/flows
 
 RAW = ["c0", "c1", "c2", "c3", "c4", "c5", "n0"]
 
@@ -41,12 +41,6 @@ def test_pyfunc_model_scores_raw_rows(trained, monkeypatch, model) -> None:
     bad = df.head(5).astype({"n0": object})
     bad.loc[2, "n0"] = None
     assert np.isfinite(pf.predict(bad)).all()  # a missing number is scored
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, payload: dict, timeout: float = 30.0):
