@@ -114,7 +114,19 @@ def test_score_and_register_parameters_are_checked(tmp_path):
         {"optinter": "ctr", "fm": "ctr-fm"}
 
 
-def test_score_deployment():
-    from flows.deploy import DEPLOYMENTS
+def test_score_deployment_and_cli_parameters():
+    import argparse
 
-    assert DEPLOYMENTS["score"][0] == ["score"]
+    from flows.cli import flow_params, register
+    from flows.deploy import build_deployments
+
+    (dep,) = build_deployments(["score"])
+    assert dep.name == "score" and dep.parameters == {"stages": ["score"]}
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["run", "--stages", "score", "--score", "model=models:/ctr/1", "--score",
+                              'raw=["a.tsv", "b.tsv"]', "--score", "on_bad_rows=skip", "--register", "ctr",
+                              "--register", "fm=ctr-fm"])
+    p = flow_params(args)
+    assert p["stages"] == ["score"] and p["register_as"] == ["ctr", "fm=ctr-fm"]
+    assert p["score"] == {"model": "models:/ctr/1", "raw": ["a.tsv", "b.tsv"], "on_bad_rows": "skip"}
