@@ -56,7 +56,7 @@ def register(sub: Any) -> None:
     p.add_argument("--scheduler", help="Dask scheduler address (default: $DASK_SCHEDULER_ADDRESS or a LocalCluster)")
     p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     p.add_argument("--local", action="store_true", help="score in this process, without Dask")
-    p.add_argument("--blocksize", type=int, default=32 * 1024 * 1024, help="bytes per partition of a text file")
+    p.add_argument("--blocksize", type=int, default=8 * 1024 * 1024, help="bytes per partition of a text file (8 MiB)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per model call (default: train.eval_batch_size)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--summary", metavar="FILE", help="also write the summary (counts, rows/s, histogram) as JSON")

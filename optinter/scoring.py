@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 SCORES_FILE = "scores.parquet"
 SUMMARY_FILE = "summary.json"
 HISTOGRAM_BINS = 20
-DEFAULT_BLOCKSIZE = 32 * 1024 * 1024
+#: Bytes per partition of a text file: small enough that a few workers stay evenly busy.
+DEFAULT_BLOCKSIZE = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
