@@ -12,7 +12,7 @@
    folder (``optinter.stages.save_bundle``; random weights: the speed does not depend on them).
 3. Scores the train file's raw rows with ``optinter.scoring.score_files`` (what ``optinter predict``
    runs): on a LocalCluster of the same shape (cluster start and model loading included), and in
-   this process (``--local``, torch's default threads). Prints rows/s from file to probabilities.
+   this process (``--local``; one torch thread, the default). Prints rows/s from file to probabilities.
 4. Serves each model with ``mlflow models serve -m <model> --env-manager local`` on 127.0.0.1 and
    sends ``--requests`` single-row requests one after the other (after 20 warm-up requests), raw test
    rows as ``dataframe_split`` JSON: p50 / p99 latency as the client sees it.
@@ -79,15 +79,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def served_latency(bundle: Path, test_file: Path, requests: int, scratch: Path) -> dict[str, float]:
-    """p50 / p99 ms of single-row ``POST /invocations`` against ``mlflow models serve``."""
+def served_latency(bundle: Path, test_file: Path, requests: int, scratch: Path,
+                   omp_threads: int | None = None) -> dict[str, float]:
+    """p50 / p99 ms of single-row ``POST /invocations`` against ``mlflow models serve``
+    (``omp_threads``: its ``OMP_NUM_THREADS``; None = torch's default)."""
     import httpx
 
     from optinter.predict import Predictor
     from optinter.pyfunc import save_pyfunc_model
 
-    model_dir = save_pyfunc_model(bundle, scratch / f"mlflow-{bundle.name}")
-    assert model_dir is not None
+    model_dir = scratch / f"mlflow-{bundle.name}"
+    if not model_dir.exists():
+        assert save_pyfunc_model(bundle, model_dir) is not None
     kinds = Predictor.load(bundle).raw_columns
     names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
     rows = []
@@ -99,6 +102,8 @@ def served_latency(bundle: Path, test_file: Path, requests: int, scratch: Path) 
     port = _free_port()
     env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
            "PYTHONPATH": os.pathsep.join([str(_HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    if omp_threads:
+        env["OMP_NUM_THREADS"] = str(omp_threads)
     log = open(scratch / f"serve-{bundle.name}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_dir), "--env-manager",
                              "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env=env, stdout=log,
@@ -171,7 +176,7 @@ def main() -> None:
         keep("preprocess", pp["rows_read"], pp["seconds"]["total"])
         models = models or build_models(base / "data", base / "models", a.paper)  # same data: same feature map
         for name, d in models.items():
-            for mode, local in ((f"dask {a.workers}x1", False), ("in-process", True)):
+            for mode, local in ((f"dask {a.workers}x1", False), ("in-process, 1 thread", True)):
                 s = score_files(d, [str(files["train"])], base / f"scores-{name}.parquet", n_workers=a.workers,
                                 local=local)
                 keep(f"{name} ({mode})", s["rows_scored"], s["seconds"])
@@ -179,9 +184,11 @@ def main() -> None:
     for k, v in res.items():
         print(f"{k:32} {v['rows']:>9,} {v['seconds']:>8.1f} {v['rows_per_s']:>9,.0f}")
     for name, d in models.items():
-        res[f"{name} served"] = lat = served_latency(d, files["test"], a.requests, base)
-        print(f"{name} served, single-row requests: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms "
-              f"({lat['requests']} requests)")
+        for omp in (None, 1):
+            key = f"{name} served" + (f", OMP_NUM_THREADS={omp}" if omp else "")
+            res[key] = lat = served_latency(d, files["test"], a.requests, base, omp)
+            print(f"{key}, single-row requests: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms "
+                  f"({lat['requests']} requests)", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f}")
     print(json.dumps(res))
 

@@ -16,6 +16,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     s = score_files(args.model, args.raw, args.out, on_bad_rows=args.on_bad_rows, id_columns=args.id_columns,
                     blocksize=args.blocksize, scheduler=args.scheduler, n_workers=args.workers,
+                    threads_per_worker=args.threads,
                     local=True if args.local else None, device=args.device, batch_size=args.batch_size)
     dropped = sum(s["rows_dropped"].values())
     why = ", ".join(f"{k}: {v}" for k, v in s["rows_dropped"].items() if v)
@@ -55,6 +56,7 @@ def register(sub: Any) -> None:
                    help="a malformed row: stop with its file and line (default) or drop it and count it")
     p.add_argument("--scheduler", help="Dask scheduler address (default: $DASK_SCHEDULER_ADDRESS or a LocalCluster)")
     p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (and in this process); default 1")
     p.add_argument("--local", action="store_true", help="score in this process, without Dask")
     p.add_argument("--blocksize", type=int, default=8 * 1024 * 1024, help="bytes per partition of a text file (8 MiB)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per model call (default: train.eval_batch_size)")

@@ -181,7 +181,7 @@ def _cached_predictor(path: str, device: str, batch_size: int | None) -> Predict
 def score_task(unit: Unit, spec: dict[str, Any]) -> dict[str, Any]:
     """Dask task: score one partition, write ``<parts>/uNNNNN.parquet`` (``line``, ``probability``,
     id columns); return its counts and score histogram."""
-    if spec.get("threads") and os.getpid() != spec["driver_pid"]:
+    if spec.get("threads") and os.getpid() != spec["driver_pid"]:  # a worker process: its own torch threads
         import torch
 
         torch.set_num_threads(int(spec["threads"]))
@@ -222,6 +222,9 @@ def score_files(model: str | Path, raw: Sequence[str], out: str | Path, on_bad_r
     """Score ``raw`` (paths / globs) with ``model`` (folder, run id or model URI) into the parquet ``out``.
 
     ``local``: score in this process (default: when there is one partition only; else on Dask).
+    ``threads_per_worker``: Dask threads per worker and torch threads per worker process (and in
+    this process when local): parallelism comes from partitions scored side by side; one torch thread
+    each is much faster than several on a busy machine (the model's small ops are memory-bound).
     Returns a summary: rows read / scored / dropped per reason, seconds, rows/s, the score
     histogram (``HISTOGRAM_BINS`` bins over [0, 1]) and mean.
     """
@@ -245,9 +248,14 @@ def score_files(model: str | Path, raw: Sequence[str], out: str | Path, on_bad_r
         log.info("scoring %d file(s) in %d partition(s) with %s (%s)", len(files), len(units), pred.name, model)
         t1 = time.perf_counter()
         if (local if local is not None else len(units) <= 1):
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(threads_per_worker)
             try:
                 results = run_tasks(None, score_task, units, "score", count=lambda r: r["rows"], spec=spec)
             finally:
+                torch.set_num_threads(threads)
                 _cached_predictor.cache_clear()
         else:
             from preprocess.cluster import dask_client
