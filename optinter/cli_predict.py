@@ -17,7 +17,7 @@ def _predict(args: argparse.Namespace) -> int:
     s = score_files(args.model, args.raw, args.out, on_bad_rows=args.on_bad_rows, id_columns=args.id_columns,
                     blocksize=args.blocksize, scheduler=args.scheduler, n_workers=args.workers,
                     threads_per_worker=args.threads,
-                    local=True if args.local else None, device=args.device, batch_size=args.batch_size)
+                    local=args.local, device=args.device, batch_size=args.batch_size)
     dropped = sum(s["rows_dropped"].values())
     why = ", ".join(f"{k}: {v}" for k, v in s["rows_dropped"].items() if v)
     print(f"predict: {s['rows_scored']:,} rows scored with {s['model_name']} ({dropped:,} dropped"
@@ -44,7 +44,8 @@ def register(sub: Any) -> None:
         description="Score raw files (the dataset's format, plain or gzip; or parquet: raw columns or the encoded "
                     "splits) with a trained model, encoding them with the vocabularies of its training data. "
                     "Writes parquet: row (0-based input row), probability, and the --id-column columns. "
-                    "Partitions are scored on Dask (DASK_SCHEDULER_ADDRESS or a LocalCluster) when there are several.")
+                    "Partitions are scored on Dask (DASK_SCHEDULER_ADDRESS or a LocalCluster) for large inputs, "
+                    "in this process for small ones.")
     p.add_argument("--model", required=True,
                    help="a training stage's output folder, an MLflow run id (a pipeline run: its re-trained OptInter), "
                         "runs:/<run id>/model or models:/<name>/<version|@alias>")
@@ -57,7 +58,12 @@ def register(sub: Any) -> None:
     p.add_argument("--scheduler", help="Dask scheduler address (default: $DASK_SCHEDULER_ADDRESS or a LocalCluster)")
     p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (and in this process); default 1")
-    p.add_argument("--local", action="store_true", help="score in this process, without Dask")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--local", dest="local", action="store_const", const=True, default=None,
+                       help="score in this process, without Dask")
+    where.add_argument("--dask", dest="local", action="store_const", const=False,
+                       help="score on Dask even a small input (default: Dask with a configured scheduler or "
+                            "inputs over 256 MiB)")
     p.add_argument("--blocksize", type=int, default=8 * 1024 * 1024, help="bytes per partition of a text file (8 MiB)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per model call (default: train.eval_batch_size)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")

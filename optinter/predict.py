@@ -25,7 +25,6 @@ line or row and column; with ``on_bad_rows="skip"`` its probability is NaN.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -107,17 +106,9 @@ def resolve_model(ref: str | Path, tracking_uri: str | None = None, dst: str | P
     if not s.startswith(("runs:/", "models:/")) and "://" not in s:
         raise ValueError(f"model {s!r}: not a folder, an MLflow run id, or a model URI (runs:/<run id>/model, "
                          f"models:/<name>/<version>)")
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file otherwise
     target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="optinter-model-"))
     target.mkdir(parents=True, exist_ok=True)
-    try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=s, dst_path=str(target), tracking_uri=uri)
-    except (MlflowException, OSError) as e:
-        raise ValueError(f"model {s!r}: cannot download it from tracking store {uri} ({e})") from None
-    return find_bundle(local)
+    return find_bundle(tr.download_artifacts(s, target, uri))
 
 
 # ---- the predictor ------------------------------------------------------------------------------------------

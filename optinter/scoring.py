@@ -47,6 +47,10 @@ SUMMARY_FILE = "summary.json"
 HISTOGRAM_BINS = 20
 #: Bytes per partition of a text file: small enough that a few workers stay evenly busy.
 DEFAULT_BLOCKSIZE = 8 * 1024 * 1024
+#: Without a Dask scheduler configured, inputs up to this size are scored in this process: starting a
+#: LocalCluster whose workers import torch and load the model costs several seconds, more than
+#: scoring ~1M Criteo rows on one core saves (see README, "Speed and memory").
+LOCAL_MAX_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,9 @@ def score_files(model: str | Path, raw: Sequence[str], out: str | Path, on_bad_r
                 tracking_uri: str | None = None) -> dict[str, Any]:
     """Score ``raw`` (paths / globs) with ``model`` (folder, run id or model URI) into the parquet ``out``.
 
-    ``local``: score in this process (default: when there is one partition only; else on Dask).
+    ``local``: score in this process (True) or on Dask (False); default (None): on Dask when a
+    scheduler is configured (``scheduler`` / ``DASK_SCHEDULER_ADDRESS``) or the inputs exceed
+    :data:`LOCAL_MAX_BYTES`, and there is more than one partition; else in this process.
     ``threads_per_worker``: Dask threads per worker and torch threads per worker process (and in
     this process when local): parallelism comes from partitions scored side by side; one torch thread
     each is much faster than several on a busy machine (the model's small ops are memory-bound).
@@ -247,7 +253,10 @@ def score_files(model: str | Path, raw: Sequence[str], out: str | Path, on_bad_r
                 "driver_pid": os.getpid()}
         log.info("scoring %d file(s) in %d partition(s) with %s (%s)", len(files), len(units), pred.name, model)
         t1 = time.perf_counter()
-        if (local if local is not None else len(units) <= 1):
+        if local is None:
+            remote = bool(scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"))
+            local = len(units) <= 1 or (not remote and sum(f.stat().st_size for f in files) <= LOCAL_MAX_BYTES)
+        if local:
             import torch
 
             threads = torch.get_num_threads()

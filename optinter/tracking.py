@@ -305,3 +305,17 @@ def child_runs(parent_run_id: str, tracking_uri: str | None = None) -> list:
                               filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
                               max_results=1000, order_by=["attributes.start_time ASC"])
     return list(runs)
+
+
+def download_artifacts(uri: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
+    """Download ``uri`` (``runs:/<id>/<path>``, ``models:/<name>/<version>``, ...) into ``dst``; a
+    ``ValueError`` naming the URI and the tracking store when it cannot be fetched."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file otherwise
+    tracking_uri = tracking_uri or default_tracking_uri()
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri))
+    except (MlflowException, OSError) as e:
+        raise ValueError(f"{uri!r}: cannot download it from tracking store {tracking_uri} ({e})") from None

@@ -24,6 +24,14 @@ def optinter_cmd(args: list[str], trained, timeout: float = 240) -> subprocess.C
                           timeout=timeout)
 
 
+def optinter_main(args: list[str], trained, monkeypatch) -> int:
+    """``optinter ARGS`` in this process (same parser, same exit codes)."""
+    from optinter.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained.tracking_uri)
+    return main(["-q", *args])
+
+
 @pytest.mark.parametrize("model", ["optinter", "fm"])
 def test_predict_reproduces_run_metrics(trained, tmp_path, model) -> None:
     m = trained.models[model]
@@ -52,7 +60,7 @@ def test_dask_partitions_and_gzip_give_the_same_scores(trained, tmp_path) -> Non
     assert optinter_cmd(["predict", "--model", str(m.dir), "--raw", str(trained.test_csv), "--out", str(local),
                          "--local"], trained).returncode == 0
     r = optinter_cmd(["-v", "predict", "--model", m.run_id, "--raw", str(gz), "--out", str(dist), "--blocksize",
-                      "4096", "--workers", "2"], trained)
+                      "4096", "--workers", "2", "--dask"], trained)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "starting LocalCluster" in r.stderr and "score: 8/8 partitions" in r.stderr  # partitions, progress
     a, b = pq.read_table(local), pq.read_table(dist)
@@ -62,32 +70,21 @@ def test_dask_partitions_and_gzip_give_the_same_scores(trained, tmp_path) -> Non
     assert_reproduces(trained.labels(), b["probability"].to_numpy(), m.metrics)
 
 
-def test_bad_rows_exit_2_or_are_skipped_and_counted(trained, tmp_path) -> None:
+def test_bad_rows_exit_2_or_are_skipped_and_counted(trained, tmp_path, monkeypatch, capsys) -> None:
     lines = trained.test_csv.read_text().splitlines()
     lines[3] = lines[3].rsplit(",", 1)[0] + ",oops"   # data row 2: not a number
     lines[7] = lines[7] + ",extra"                    # data row 6: one column too many
     bad = tmp_path / "bad.csv"
     bad.write_text("\n".join(lines) + "\n")
     out = tmp_path / "o" / "scores.parquet"
-    r = optinter_cmd(["predict", "--model", str(trained.models["lr"].dir), "--raw", str(bad), "--out", str(out)],
-                     trained)
-    assert r.returncode == 2
-    assert "bad.csv, line 4: column 'n0': not a number: 'oops' (1 more bad rows" in r.stderr
+    args = ["predict", "--model", str(trained.models["lr"].dir), "--raw", str(bad), "--out", str(out)]
+    assert optinter_main(args, trained, monkeypatch) == 2
+    assert "bad.csv, line 4: column 'n0': not a number: 'oops' (1 more bad rows" in capsys.readouterr().err
     assert not out.exists() and os.listdir(out.parent) == []  # nothing half-written
-    r = optinter_cmd(["predict", "--model", str(trained.models["lr"].dir), "--raw", str(bad), "--out", str(out),
-                      "--on-bad-rows", "skip"], trained)
-    assert r.returncode == 0, r.stderr
-    assert "598 rows scored with lr (2 dropped: column_count: 1, non_numeric: 1)" in r.stdout
+    assert optinter_main(args + ["--on-bad-rows", "skip"], trained, monkeypatch) == 0
+    assert "598 rows scored with lr (2 dropped: column_count: 1, non_numeric: 1)" in capsys.readouterr().out
     rows = pq.read_table(out)["row"].to_pylist()
     assert rows == [i for i in range(600) if i not in (2, 6)]
-
-
-def optinter_main(args: list[str], trained, monkeypatch) -> int:
-    """``optinter ARGS`` in this process (same parser, same exit codes)."""
-    from optinter.cli import main
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained.tracking_uri)
-    return main(["-q", *args])
 
 
 @pytest.mark.parametrize("args, words", [
