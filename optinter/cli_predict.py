@@ -63,7 +63,7 @@ def register(sub: Any) -> None:
                        help="score in this process, without Dask")
     where.add_argument("--dask", dest="local", action="store_const", const=False,
                        help="score on Dask even a small input (default: Dask with a configured scheduler or "
-                            "inputs over 256 MiB)")
+                            "inputs over 512 MiB)")
     p.add_argument("--blocksize", type=int, default=8 * 1024 * 1024, help="bytes per partition of a text file (8 MiB)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per model call (default: train.eval_batch_size)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")

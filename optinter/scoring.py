@@ -47,10 +47,10 @@ SUMMARY_FILE = "summary.json"
 HISTOGRAM_BINS = 20
 #: Bytes per partition of a text file: small enough that a few workers stay evenly busy.
 DEFAULT_BLOCKSIZE = 8 * 1024 * 1024
-#: Without a Dask scheduler configured, inputs up to this size are scored in this process: starting a
-#: LocalCluster whose workers import torch and load the model costs several seconds, more than
-#: scoring ~1M Criteo rows on one core saves (see README, "Speed and memory").
-LOCAL_MAX_BYTES = 256 * 1024 * 1024
+#: Without a Dask scheduler configured, inputs up to this size (~1.7M Criteo rows) are scored in this
+#: process: a LocalCluster's workers take seconds to start (torch imports, model loads), which on
+#: such inputs costs more than the second worker saves (see README, "Speed and memory").
+LOCAL_MAX_BYTES = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
