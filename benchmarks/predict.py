@@ -7,8 +7,8 @@
    (LocalCluster ``--workers`` x 1 thread, all 325 crosses, thresholds 20): its rows/s (all rows read
    / the stage's seconds, cluster start included) is the reference.
 2. Builds a re-trained OptInter (a random architecture, ≈ 1/3 memorize / factorize / naive like
-   Table VI's [117, 98, 110]) and DeepFM on that feature map with the Criteo defaults
-   (``default_config``; ``--paper``: Table IV, s1 = 20, MLP 700x5) and saves each as a trained model
+   Table VI's [117, 98, 110]) and DeepFM on that feature map with the defaults derived from it
+   (``default_config(fmap, model)``; ``--paper``: Table IV, s1 = 20, MLP 700x5) and saves each as a trained model
    folder (``optinter.stages.save_bundle``; random weights: the speed does not depend on them).
 3. Scores the train file's raw rows with ``optinter.scoring.score_files`` (what ``optinter predict``
    runs): on a LocalCluster of the same shape (cluster start and model loading included), and in
@@ -59,7 +59,7 @@ def build_models(data: Path, out: Path, paper: bool, seed: int = 0) -> dict[str,
     fmap = FeatureMap.load(data)
     dirs = {}
     for name in ("optinter", "deepfm"):
-        cfg = (paper_config if paper else default_config)("criteo", name)
+        cfg = paper_config("criteo", name) if paper else default_config(fmap, name)
         torch.manual_seed(seed)
         arch = random_architecture(fmap, seed) if name == "optinter" else None
         model = build_model(name, fmap, cfg.model, arch=arch)
@@ -67,8 +67,9 @@ def build_models(data: Path, out: Path, paper: bool, seed: int = 0) -> dict[str,
         d.mkdir(parents=True, exist_ok=True)
         save_bundle(d, name, model, cfg, fmap, arch, data)
         counts = f", [m, f, n] = {arch.counts()}" if arch is not None else ""
-        print(f"# {name}: {model.num_params():,} parameters{counts}; reads {len(model.required_pairs())} pair columns",
-              flush=True)
+        m = cfg.model
+        print(f"# {name}: {model.num_params():,} parameters{counts}; reads {len(model.required_pairs())} pair columns; "
+              f"s1 = {m.embed_dim}, s2 = {m.cross_embed_dim}, MLP {m.mlp_dims}", flush=True)
         dirs[name] = d
     return dirs
 

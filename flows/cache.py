@@ -14,14 +14,20 @@ last; a later run (on any machine) downloads it when it needs it.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime as _dt
+import dis
 import hashlib
+import importlib.util
+import inspect
 import json
 import logging
 import os
+import re
 import shutil
 import time
+import types
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,23 +43,6 @@ CACHE_VERSION = 1
 _HASH_LEN = 16
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-# Source files whose content goes into each stage's key (paths relative to the project root; a
-# folder means every ``*.py`` below it). Editing them invalidates that stage and what follows it.
-STAGE_CODE: dict[str, tuple[str, ...]] = {
-    "synth": ("preprocess/synthetic.py",),
-    "preprocess": ("preprocess",),
-    "search": ("optinter", "preprocess/feature_map.py"),
-    "retrain": ("optinter", "preprocess/feature_map.py"),
-    "train": ("optinter", "preprocess/feature_map.py"),
-    "analyze": ("optinter/analysis.py", "preprocess/feature_map.py"),
-    "evaluate": ("flows/results.py",),
-    "compare": ("optinter", "preprocess/feature_map.py"),
-    "score": ("optinter", "preprocess"),
-}
-# Model-stage keys ignore modules that cannot change a trained model's numbers.
-_CODE_EXCLUDE = ("optinter/analysis.py", "optinter/experiments.py", "optinter/cli.py", "optinter/tracking.py",
-                 "optinter/cli_predict.py", "optinter/scoring.py")
 
 
 def stable_hash(obj: Any, length: int = _HASH_LEN) -> str:
@@ -107,38 +96,166 @@ def dir_fingerprint(path: str | Path, pattern: str = "*") -> str:
     return stable_hash([[str(p.relative_to(root)), file_fingerprint(p)] for p in files])
 
 
-_CODE_HASHES: dict[str, str] = {}
+# ---- code fingerprints --------------------------------------------------------------------------------------
+#: Top-level packages of this project: only their modules go into code fingerprints (a library
+#: upgrade does not change keys: ``--force`` the stages after one, see docs/flows.md).
+PROJECT_PACKAGES = ("preprocess", "optinter", "flows")
+#: Turns code out of the keys (then ``--force`` a stage after changing the code that computes it).
+IGNORE_CODE_ENV = "OPTINTER_CACHE_IGNORE_CODE"
+_MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
-def code_fingerprint(stage: str) -> str:
-    """Fingerprint of the source files listed for ``stage`` in :data:`STAGE_CODE` (missing ones skipped).
+def _is_project_module(name: str | None) -> bool:
+    return bool(name) and name.split(".", 1)[0] in PROJECT_PACKAGES  # type: ignore[union-attr]
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of project module ``name`` under the project root (``None`` when there is none)."""
+    if not _is_project_module(name) or not _MODULE_NAME.match(name):
+        return None
+    base = _PROJECT_ROOT.joinpath(*name.split("."))
+    for p in (base.with_suffix(".py"), base / "__init__.py"):
+        if p.is_file():
+            return p
+    return None
+
+
+_PARSED: dict[tuple[str, int, int], frozenset[str]] = {}
+
+
+def _module_refs(name: str, path: Path) -> frozenset[str]:
+    """Project module names that module ``name`` (file ``path``) imports anywhere in its source —
+    top-level, inside functions or ``TYPE_CHECKING`` blocks — or names as a string constant (modules
+    loaded by ``importlib``, like the model registry's)."""
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns)
+    if memo in _PARSED:
+        return _PARSED[memo]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    refs: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            refs.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                try:
+                    base = importlib.util.resolve_name("." * node.level + base, package)
+                except ImportError:  # a relative import above the top-level package
+                    continue
+            refs.add(base)
+            refs.update(f"{base}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _MODULE_NAME.match(node.value):
+            refs.add(node.value)
+    out = frozenset(r for r in refs if _is_project_module(r))
+    _PARSED[memo] = out
+    return out
+
+
+def module_closure(names: Iterable[str]) -> list[str]:
+    """``names`` and every project module they import, directly or not (and the packages they are
+    in, whose ``__init__`` runs on import), sorted; names without a source file are dropped."""
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            mod = ".".join(parts[:i])
+            if mod in seen:
+                continue
+            path = module_file(mod)
+            if path is None:
+                continue
+            seen.add(mod)
+            todo.extend(_module_refs(mod, path))
+    return sorted(seen)
+
+
+_CONST_OPS = ("LOAD_CONST", "LOAD_SMALL_INT")
+
+
+def _function_refs(fn: Callable[..., Any]) -> tuple[set[str], list[Callable[..., Any]]]:
+    """(project modules that ``fn`` imports or uses, the project functions it calls, ``fn`` first).
+
+    Reads ``fn``'s byte code (and that of its nested functions): ``import`` statements, and the
+    globals it loads — modules, classes of project modules, and project functions, whose code is
+    read the same way.
+    """
+    modules: set[str] = set()
+    funcs: list[Callable[..., Any]] = []
+    todo: list[Callable[..., Any]] = [fn]
+    while todo:
+        f = todo.pop()
+        if f in funcs:
+            continue
+        funcs.append(f)
+        g = getattr(f, "__globals__", {})
+        package = g.get("__package__") or str(g.get("__name__", "")).rpartition(".")[0]
+        codes = [f.__code__]
+        while codes:
+            code = codes.pop()
+            codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+            consts: list[Any] = [None, None]
+            for ins in dis.get_instructions(code):
+                if ins.opname in _CONST_OPS:
+                    consts = [consts[-1], ins.argval]
+                elif ins.opname == "IMPORT_NAME":
+                    level, fromlist = consts
+                    name = str(ins.argval)
+                    if isinstance(level, int) and level > 0:
+                        name = importlib.util.resolve_name("." * level + name, package)
+                    modules.add(name)
+                    modules.update(f"{name}.{a}" for a in (fromlist or ()) if isinstance(a, str))
+                elif ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval in g:
+                    obj = g[ins.argval]
+                    if isinstance(obj, types.ModuleType):
+                        modules.add(obj.__name__)
+                    elif isinstance(obj, types.FunctionType) and _is_project_module(obj.__module__):
+                        todo.append(obj)
+                    elif _is_project_module(getattr(obj, "__module__", None)):
+                        modules.add(obj.__module__)
+    return {m for m in modules if _is_project_module(m)}, funcs
+
+
+def code_files(fn: Callable[..., Any]) -> list[Path]:
+    """Source files of the project modules that ``fn`` (a stage's compute function) runs: what it
+    imports or uses, and everything those modules import (see :func:`module_closure`)."""
+    return _code_parts(fn)[1]
+
+
+def _code_parts(fn: Callable[..., Any]) -> tuple[list[Callable[..., Any]], list[Path]]:
+    modules, funcs = _function_refs(fn)
+    return funcs, [p for p in (module_file(m) for m in module_closure(modules)) if p is not None]
+
+
+def _source_hash(fn: Callable[..., Any]) -> str:
+    try:
+        text = inspect.getsource(fn)
+    except (OSError, TypeError):  # no source file (e.g. built in a REPL): the byte code then
+        return hashlib.sha256(fn.__code__.co_code).hexdigest()[:_HASH_LEN]
+    return hashlib.sha256(text.encode()).hexdigest()[:_HASH_LEN]
+
+
+def code_fingerprint(fn: Callable[..., Any]) -> str:
+    """Fingerprint of the code that computes a stage: the source of ``fn`` and of the project
+    functions it calls, and the bytes of every project module it imports, directly or not.
 
     ``OPTINTER_CACHE_IGNORE_CODE=1`` leaves code out of the keys (then ``--force`` a stage after
     changing the code that computes it).
     """
-    if os.environ.get("OPTINTER_CACHE_IGNORE_CODE", "").lower() in ("1", "true", "yes"):
+    if os.environ.get(IGNORE_CODE_ENV, "").lower() in ("1", "true", "yes"):
         return "ignored"
-    if stage in _CODE_HASHES:
-        return _CODE_HASHES[stage]
-    files: list[Path] = []
-    for rel in STAGE_CODE.get(stage, ()):
-        p = _PROJECT_ROOT / rel
-        if p.is_dir():  # a folder: every module in it except those that cannot change the numbers
-            files += sorted(q for q in p.rglob("*.py") if "__pycache__" not in q.parts
-                            and q.relative_to(_PROJECT_ROOT).as_posix() not in _CODE_EXCLUDE)
-        elif p.exists():
-            files.append(p)
-    out = stable_hash([[f.relative_to(_PROJECT_ROOT).as_posix(), file_fingerprint(f)] for f in files])
-    _CODE_HASHES[stage] = out
-    return out
+    funcs, files = _code_parts(fn)
+    return stable_hash({
+        "functions": [[f"{f.__module__}.{f.__qualname__}", _source_hash(f)] for f in funcs],
+        "modules": [[p.relative_to(_PROJECT_ROOT).as_posix(), file_fingerprint(p)] for p in files],
+    })
 
 
-def stage_key(stage: str, inputs: Mapping[str, Any], code: bool = True) -> str:
-    """The cache key of ``stage`` given its key material ``inputs`` (settings + upstream keys)."""
-    material = {"stage": stage, "inputs": inputs, "cache_version": CACHE_VERSION}
-    if code:
-        material["code"] = code_fingerprint(stage)
-    return stable_hash(material)
+def stage_key(stage: str, inputs: Mapping[str, Any]) -> str:
+    """The cache key of ``stage`` given its key material ``inputs`` (settings, upstream keys, code)."""
+    return stable_hash({"stage": stage, "inputs": inputs, "cache_version": CACHE_VERSION})
 
 
 @dataclass
@@ -146,8 +263,9 @@ class StageRecord:
     """One finished stage folder, as described by its ``_stage.json`` marker.
 
     ``local_dir`` is where the outputs can be read on this machine; ``uri`` is the folder under the
-    artifact root; ``run_id`` is the MLflow run that computed it. ``cached`` (not stored) says
-    whether this process reused the folder instead of computing it.
+    artifact root; ``run_id`` is the MLflow run that computed it; ``meta`` is what the computing run
+    recorded beside the key (not part of it, e.g. its overrides, inherited by ``from_run``).
+    ``cached`` (not stored) says whether this process reused the folder instead of computing it.
     """
 
     stage: str
@@ -158,6 +276,7 @@ class StageRecord:
     result: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None
     name: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     created: str = ""
     cached: bool = False
@@ -229,6 +348,10 @@ class ArtifactStore:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
+    def exists(self, stage: str, key: str) -> bool:
+        """Whether ``stage``/``key`` is finished under the root (nothing is downloaded)."""
+        return self._read_marker(self.uri(stage, key)) is not None
+
     def lookup(self, stage: str, key: str) -> StageRecord | None:
         """The finished folder of ``stage``/``key`` (downloaded when the root is remote), or ``None``."""
         uri = self.uri(stage, key)
@@ -285,7 +408,8 @@ class ArtifactStore:
 
     # ---- writing ----------------------------------------------------------------------------------------
     def run(self, stage: str, key: str, inputs: Mapping[str, Any], fn: Callable[[Path], Mapping[str, Any] | None],
-            *, force: bool = False, run_id: str | None = None, name: str = "") -> StageRecord:
+            *, force: bool = False, run_id: str | None = None, name: str = "",
+            meta: Mapping[str, Any] | None = None) -> StageRecord:
         """Reuse ``stage``/``key`` when finished (unless ``force``), else compute it with ``fn(out_dir)``.
 
         ``fn`` gets a fresh local folder that does not exist yet and must write the stage's outputs
@@ -315,7 +439,8 @@ class ArtifactStore:
             # Paths the stage returned point into the staging folder: make them point to the final one.
             blob = json.dumps(dict(result), default=_json_default).replace(str(out), str(final_local))
             rec = StageRecord(stage=stage, key=key, uri=uri, local_dir=str(final_local), inputs=dict(inputs),
-                              result=json.loads(blob), run_id=run_id, name=name, seconds=round(seconds, 3),
+                              result=json.loads(blob), run_id=run_id, name=name, meta=dict(meta or {}),
+                              seconds=round(seconds, 3),
                               created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                               cached=False)
             marker = json.dumps(rec.to_json(), indent=1, sort_keys=True, default=_json_default)

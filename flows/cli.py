@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -65,6 +66,14 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="[SCOPE:]KEY=VALUE",
                    help="model config override, e.g. train.epochs=5 or retrain:train.lr_o=1e-4 or "
                         "fm:model.embed_dim=8 (repeatable)")
+    g.add_argument("--config", metavar="FILE",
+                   help="YAML / JSON settings (e.g. what `optinter tune` wrote) over the data-derived defaults, "
+                        "under --set")
+    g.add_argument("--tune", dest="tune_mode", choices=("auto", "on", "off"), default="auto",
+                   help="tune the re-train on the validation split (auto: when the train split has at most "
+                        "250k rows)")
+    g.add_argument("--tune-set", dest="tune", type=_kv_json, action="append", default=[], metavar="KEY=VALUE",
+                   help="tune stage setting, e.g. trials=10, minutes=5, parallel=2 (repeatable)")
     g.add_argument("--baselines", type=str, default=None,
                    help="comma-separated baseline models (default: lr,fm,deepfm; 'none' for none)")
     g.add_argument("--seed", type=int, default=2026)
@@ -103,22 +112,17 @@ def flow_params(args: argparse.Namespace) -> dict[str, Any]:
         baselines=baselines, seed=args.seed, artifact_root=args.artifact_root,
         force=[f for group in args.force for f in group] or None, from_run=args.from_run, stages=args.stages,
         experiment=args.experiment, quickstart=args.quickstart, compare=dict(args.compare) or None,
+        config_file=args.config, tune_mode=args.tune_mode, tune=dict(args.tune) or None,
         score=dict(args.score) or None, register_as=args.register or None)
 
 
-def render_summary(summary: dict[str, Any]) -> str:
-    """The text ``optinter run`` ends with: results table, stage folders, MLflow UI command."""
-    from .results import format_table
+class Terminated(KeyboardInterrupt):
+    """SIGTERM / SIGHUP: stop like Ctrl-C, so that MLflow runs are closed (``KILLED``) and Prefect's
+    temporary server is stopped."""
 
-    lines = []
-    if summary.get("results"):
-        lines += ["", "Results (test split; models sorted by test AUC):", format_table(summary["results"])]
-    lines += ["", "Stages:"]
-    for name, s in summary["stages"].items():
-        lines.append(f"  {name:<18} {'reused  ' if s['cached'] else 'computed'}  {s['uri']}")
-    lines += ["", f"MLflow parent run: {summary['parent_run_id']} ({summary['tracking_uri']})",
-              f"Open the MLflow UI: {summary['ui_command']}"]
-    return "\n".join(lines)
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(f"terminated by {signal.Signals(signum).name}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -131,12 +135,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SpecError as e:
         print(f"optinter run: error: {e}", file=sys.stderr)
         return 2
+    from flows.guard import start_guard
+
+    start_guard()  # stops Prefect's temporary server (and any other child) if this process is killed
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
     from flows.pipeline import optinter_flow
+    from flows.results import render_summary
 
     try:
         summary = optinter_flow(**params)
+    except KeyboardInterrupt as e:
+        print(f"optinter run: interrupted ({e or 'Ctrl-C'}); its MLflow runs are marked KILLED", file=sys.stderr)
+        return 130
     except Exception as e:  # noqa: BLE001 — the traceback is in the log above
-        print(f"optinter run: failed: {type(e).__name__}: {e}", file=sys.stderr)
+        from flows.steps import error_text
+
+        print(f"optinter run: failed: {error_text(e)}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(summary, indent=2, default=str))

@@ -7,6 +7,7 @@ subprocesses (Prefect's ``serve``): no work pool or worker to set up. Deployment
 ``optinter/full-pipeline``  preprocess → search → re-train → evaluate → analyze, + baselines
 ``optinter/preprocess``     preprocessing only (synthetic data first when needed)
 ``optinter/search``         preprocess (reused when cached) + search
+``optinter/tune``           + tuning of the re-train on the validation split (``tune_mode=on``)
 ``optinter/retrain``        + re-train of the searched architecture (``from_run`` reuses a search)
 ``optinter/baselines``      preprocess + the baseline models
 ``optinter/analyze``        preprocess + search + mutual-information analysis and report
@@ -28,6 +29,7 @@ DEPLOYMENTS: dict[str, tuple[list[str] | None, str]] = {
     "full-pipeline": (None, "The whole pipeline: preprocess, search, re-train, baselines, evaluate, analyze."),
     "preprocess": (["preprocess"], "Raw or pre-split files → encoded parquet + feature_map.json (Dask)."),
     "search": (["search"], "OptInter search (Algorithm 1) → architecture.json."),
+    "tune": (["tune"], "Tune the re-train's settings on the validation split (Optuna) → tuned.yaml."),
     "retrain": (["retrain"], "Re-train a searched architecture (from_run: an earlier search run id or folder)."),
     "baselines": (["baselines"], "Train the baseline models on the encoded data."),
     "analyze": (["analyze"], "Mutual information of every pair vs the selected method; HTML report."),
@@ -78,13 +80,42 @@ def check_server(api_url: str | None, timeout: float = 5.0) -> str:
     return url
 
 
+def serve_message(names: list[str], api_url: str) -> str:
+    """What ``optinter serve`` prints once every deployment is registered, before it serves them."""
+    full = [f"optinter/{n}" for n in names]
+    example = full[0] if "optinter/full-pipeline" not in full else "optinter/full-pipeline"
+    return (f"optinter serve: registered {len(full)} deployments with {api_url}: {', '.join(full)}; serving their runs "
+            f"(Ctrl-C stops). Start one with: prefect deployment run {example} --param dataset=synthetic --watch")
+
+
+async def register_all(runner: Any, deployments: list[Any]) -> list[Any]:
+    """Register every deployment with the server, concurrently; their ids. Nothing is served yet."""
+    import asyncio
+
+    return list(await asyncio.gather(*(runner.add_deployment(d) for d in deployments)))
+
+
 def serve_deployments(names: list[str] | None = None, parameters: dict[str, Any] | None = None,
                       limit: int | None = None) -> None:
-    """Register the deployments with the server at ``PREFECT_API_URL`` and serve them until interrupted."""
-    from prefect import serve
+    """Register all the deployments with the server at ``PREFECT_API_URL``, then serve them until
+    interrupted (a flow run started right after the message finds every deployment)."""
+    import asyncio
+
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
     from prefect.settings import PREFECT_API_URL
 
-    check_server(PREFECT_API_URL.value())
+    api_url = check_server(PREFECT_API_URL.value())
     deployments = build_deployments(names, parameters)
-    # (no logging here: Prefect routes the project's loggers to the API, which needs a flow run)
-    serve(*deployments, limit=limit, print_starting_message=True)
+
+    async def _serve() -> None:
+        runner = Runner(name="optinter", pause_on_shutdown=True, limit=limit)
+        await register_all(runner, deployments)
+        # (print, not logging: Prefect routes the project's loggers to the API, which needs a flow run)
+        print(serve_message([d.name for d in deployments], api_url), flush=True)
+        await runner.start()
+
+    try:
+        asyncio.run(_serve())
+    except (KeyboardInterrupt, TerminationSignal):
+        print("optinter serve: stopped", flush=True)

@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from . import steps  # noqa: E402
 from .cache import StageRecord  # noqa: E402
+from .results import render_summary  # noqa: E402
 from .spec import PipelineSpec, resolve_spec  # noqa: E402
 
 FLOW_NAME = "optinter"
@@ -56,9 +57,15 @@ def search_task(ctx: steps.Context, data: StageRecord) -> StageRecord:
     return steps.step_search(ctx, data)
 
 
+@task(name="tune", **_TASK)
+def tune_task(ctx: steps.Context, data: StageRecord, search: StageRecord) -> StageRecord | None:
+    return steps.step_tune(ctx, data, search)
+
+
 @task(name="retrain", **_TASK)
-def retrain_task(ctx: steps.Context, data: StageRecord, search: StageRecord) -> StageRecord:
-    return steps.step_retrain(ctx, data, search)
+def retrain_task(ctx: steps.Context, data: StageRecord, search: StageRecord,
+                 tuned: StageRecord | None = None) -> StageRecord:
+    return steps.step_retrain(ctx, data, search, tuned)
 
 
 @task(name="train", task_run_name="train-{model}", **_TASK)
@@ -114,6 +121,9 @@ def optinter_flow(
     experiment: str = "optinter",
     quickstart: bool = True,
     compare: dict[str, Any] | None = None,
+    config_file: str | None = None,
+    tune_mode: str = "auto",
+    tune: dict[str, Any] | None = None,
     score: dict[str, Any] | None = None,
     register_as: list[str] | None = None,
 ) -> dict[str, Any]:
@@ -138,6 +148,11 @@ def optinter_flow(
         experiment: MLflow experiment name.
         quickstart: small default model / data sizes for the synthetic dataset.
         compare: ``CompareConfig`` settings of the ``compare`` stage (models, seeds, tables...).
+        config_file: a YAML / JSON settings file (e.g. what ``optinter tune`` wrote) applied over the
+            defaults derived from the data, under ``overrides``.
+        tune_mode: "auto" (default: tune the re-train on the validation split when the train split
+            is small), "on" or "off".
+        tune: ``TuneConfig`` settings of the ``tune`` stage (trials, minutes, space, parallel...).
         score: the ``score`` stage: ``raw`` files to score, ``model`` (a run folder, an MLflow run
             id or ``models:/NAME/VERSION``; default this run's re-trained OptInter) and options
             of ``optinter.scoring.score_files`` (``on_bad_rows``, ``id_columns``, ...).
@@ -149,7 +164,8 @@ def optinter_flow(
                   synth=synth, preprocess=preprocess, oov_threshold=oov_threshold, cross_threshold=cross_threshold,
                   overrides=overrides, baselines=baselines, seed=seed, artifact_root=artifact_root, force=force,
                   from_run=from_run, stages=stages, experiment=experiment, quickstart=quickstart,
-                  compare=compare, score=score, register_as=register_as)
+                  compare=compare, config_file=config_file, tune_mode=tune_mode, tune=tune, score=score,
+                  register_as=register_as)
     try:
         spec = validate(params)
     except Exception as e:
@@ -172,10 +188,15 @@ def optinter_flow(
         search = None
         if spec.wants("search") or "search" in reused:
             search = records["search"] = search_task(ctx, data)
+        tuned = None
+        if spec.wants("tune"):
+            tuned = tune_task(ctx, data, search)
+            if tuned is not None:
+                records[tuned.name] = tuned
         trained: list[StageRecord] = []
         retrained = None
         if spec.wants("retrain"):
-            r = retrained = retrain_task(ctx, data, search)
+            r = retrained = retrain_task(ctx, data, search, tuned)
             records[r.name] = r
             trained.append(r)
         if spec.wants("baselines"):
@@ -197,11 +218,11 @@ def optinter_flow(
         summary = steps.summarize(ctx, records, evaluate)
     except BaseException as e:
         steps.close_context(ctx, error=e)
+        logger.error(steps.failure_message(ctx, e))  # the last lines of the run log (UI, --watch)
         raise
     steps.close_context(ctx, summary=summary)
     n_cached = sum(1 for r in records.values() if r.cached)
-    logger.info("done: %d stages (%d reused); MLflow parent run %s; open the UI with: %s", len(records), n_cached,
-                ctx.parent_run_id, summary["ui_command"])
+    logger.info("done: %d stages (%d reused)\n%s", len(records), n_cached, render_summary(summary))
     return summary
 
 
@@ -209,13 +230,11 @@ def _open(spec: PipelineSpec) -> steps.Context:
     from prefect.context import get_run_context
 
     tags: dict[str, str] = {}
-    name = None
     try:
         fr = get_run_context().flow_run  # type: ignore[union-attr]
         tags = {"prefect.flow_run_id": str(fr.id), "prefect.flow_run_name": fr.name}
         if fr.deployment_id:
             tags["prefect.deployment_id"] = str(fr.deployment_id)
-        name = f"{spec.dataset_name}-{fr.name}"
     except Exception:  # noqa: BLE001 — outside a flow run (direct call of .fn)
         pass
-    return steps.open_context(spec, run_name=name, extra_tags=tags)
+    return steps.open_context(spec, extra_tags=tags)

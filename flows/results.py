@@ -64,3 +64,21 @@ def build_results(metrics_dirs: Sequence[str | os.PathLike[str]], out_dir: str |
     best = rows[0] if rows else {}
     return {"n_models": len(rows), "best_model": best.get("model"), "best_test_auc": best.get("test_auc"),
             "metrics_paths": [str(p) for p in paths]}
+
+
+def render_summary(summary: Mapping[str, Any]) -> str:
+    """The text a pipeline run ends with (``optinter run`` prints it, the flow logs it last):
+    results table, stage folders, the MLflow runs page."""
+    lines = []
+    if summary.get("results"):
+        lines += ["", "Results (test split; models sorted by test AUC):", format_table(summary["results"])]
+    lines += ["", "Stages:"]
+    for name, s in summary["stages"].items():
+        lines.append(f"  {name:<18} {'reused  ' if s['cached'] else 'computed'}  {s['uri']}")
+    lines += ["", f"MLflow parent run: {summary['parent_run_id']} ({summary['tracking_uri']})"]
+    if summary["ui_command"].startswith("mlflow ui"):
+        lines.append(f"Open the MLflow UI: {summary['ui_command']}, then {summary['runs_url']}")
+    else:
+        lines.append(f"MLflow runs: {summary['runs_url']}")
+    lines.append(f"This run: {summary['run_url']}")
+    return "\n".join(lines)

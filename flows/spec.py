@@ -23,7 +23,8 @@ from typing import Any, Iterable, Mapping, Sequence
 log = logging.getLogger(__name__)
 
 #: Every stage the flow knows, in execution order.
-STAGES = ("synth", "preprocess", "search", "retrain", "baselines", "evaluate", "analyze", "compare", "score")
+STAGES = ("synth", "preprocess", "search", "tune", "retrain", "baselines", "evaluate", "analyze", "compare",
+          "score")
 #: What ``optinter/full-pipeline`` (and ``optinter run``) computes.
 FULL_PIPELINE = ("retrain", "baselines", "evaluate", "analyze")
 #: Direct dependencies; ``synth`` is needed by ``preprocess`` only for a synthetic dataset without files.
@@ -31,7 +32,8 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "synth": (),
     "preprocess": ("synth",),
     "search": ("preprocess",),
-    "retrain": ("search",),
+    "tune": ("search",),
+    "retrain": ("search",),  # + "tune" unless tune_mode is "off" (see needed_stages)
     "baselines": ("preprocess",),
     "evaluate": ("retrain", "baselines"),
     "analyze": ("search",),
@@ -40,6 +42,12 @@ DEPENDS: dict[str, tuple[str, ...]] = {
 }
 #: Scopes an override may be prefixed with (besides model names).
 OVERRIDE_SCOPES = ("search", "retrain", "baselines", "compare")
+#: ``tune_mode``: "auto" tunes the re-train on the validation split when the train split has at most
+#: TUNE_AUTO_MAX_ROWS rows (cheap there; optional on large data), "on" always, "off" never.
+TUNE_MODES = ("auto", "on", "off")
+TUNE_AUTO_MAX_ROWS = 250_000
+#: The pipeline's tuning budget unless the ``tune`` parameter says otherwise (TuneConfig fields).
+PIPELINE_TUNE: dict[str, Any] = {"trials": 6, "minutes": 4.0, "max_epochs": 8}
 SEARCH_MODEL = "optinter"
 DEFAULT_BASELINES = ("lr", "fm", "deepfm")
 DEFAULT_ARTIFACT_ROOT = "artifacts"
@@ -50,20 +58,12 @@ SPLIT_NAMES = ("train", "valid", "test")
 PREPROCESS_OWN_KEYS = frozenset({"dataset", "out", "raw", "train", "valid", "test", "oov_threshold",
                                  "cross_threshold", "seed"})
 
-#: Settings for the synthetic quick start (a few minutes on 2 CPU cores): the generator's default
-#: data and the small model / search settings under which the search recovers the planted pairs
-#: (the same as ``tests/optinter/test_synthetic_recovery.py``). Explicit ``synth`` / ``overrides``
-#: parameters win over these.
+#: Settings laid under the user's for the synthetic quick start (explicit ``synth`` / ``overrides``
+#: parameters win over these). Empty: the quick start runs the generator's defaults with the
+#: training defaults derived from the data (optinter/defaults.py), as any other dataset would, so
+#: ``make run`` shows what a user's data gets; ``--no-quickstart`` is kept for scripts.
 SYNTHETIC_QUICKSTART_SYNTH: dict[str, Any] = {}
-SYNTHETIC_QUICKSTART_OVERRIDES: tuple[str, ...] = (
-    "model.embed_dim=8", "model.cross_embed_dim=8", "model.mlp_dims=64", "train.batch_size=500",
-    # search (Algorithm 1): α must converge within 3 epochs of ~400 steps
-    "search:train.lr_o=3e-3", "search:train.lr_c=3e-3", "search:train.search_epochs=3",
-    "search:train.lr_a=0.1", "search:model.tau_start=3", "search:model.tau_end=0.3",
-    # re-train and baselines
-    "retrain:model.layer_norm=false", "baselines:model.layer_norm=false",
-    "train.lr_o=1e-3", "train.lr_c=1e-3", "train.epochs=10", "train.patience=2",
-)
+SYNTHETIC_QUICKSTART_OVERRIDES: tuple[str, ...] = ()
 
 
 class SpecError(ValueError):
@@ -85,6 +85,8 @@ class PipelineSpec:
     overrides: list[str] = field(default_factory=list)
     #: defaults laid under ``overrides`` (the synthetic quick start's); the user's always win
     base_overrides: list[str] = field(default_factory=list)
+    #: the overrides of the ``from_run`` reference, between the base and the user's own layer
+    inherited_overrides: list[str] = field(default_factory=list)
     baselines: list[str] = field(default_factory=list)
     seed: int = 2026
     artifact_root: str = DEFAULT_ARTIFACT_ROOT
@@ -94,6 +96,11 @@ class PipelineSpec:
     experiment: str = "optinter"
     tracking_uri: str = ""
     compare: dict[str, Any] | None = None
+    #: a YAML / JSON settings file (``--config``, e.g. what ``optinter tune`` wrote), under the overrides
+    config_file: str | None = None
+    tune_mode: str = "auto"
+    #: TuneConfig settings of the ``tune`` stage (over :data:`PIPELINE_TUNE`)
+    tune: dict[str, Any] = field(default_factory=dict)
     #: ``score`` stage settings (model, raw files, score_files options); ``register_as``: model → registry name
     score: dict[str, Any] | None = None
     register_as: dict[str, str] = field(default_factory=dict)
@@ -112,17 +119,50 @@ class PipelineSpec:
     def forced(self, stage: str, model: str | None = None) -> bool:
         return "all" in self.force or stage in self.force or (model is not None and model in self.force)
 
-    def run_config(self, scope: str, model: str):
-        """The ``RunConfig`` of ``model`` in stage ``scope``: Table IV defaults, seed, then overrides."""
-        from optinter.config import apply_overrides, default_config
+    def run_config(self, scope: str, model: str, data: str | Path | None = None, tuned: str | Path | None = None):
+        """The ``RunConfig`` of ``model`` in stage ``scope``: the defaults derived from the encoded
+        data in ``data`` (its ``feature_map.json``; the library defaults when None, e.g. to check
+        overrides before any data exists), the seed, the quick-start ``base_overrides``,
+        ``config_file``, the ``tuned`` settings file (the ``tune`` stage's ``tuned.yaml``), the
+        overrides inherited from ``from_run``, then the user's overrides (which always win)."""
+        from optinter.config import apply_overrides, default_config, load_config_file
 
-        cfg = default_config(self.dataset_name, model)
+        fmap = None
+        if data is not None:
+            from preprocess.feature_map import FeatureMap
+
+            fmap = FeatureMap.load(data)
+        cfg = default_config(fmap, model)
         cfg.train.seed = self.seed
-        return apply_overrides(cfg, self.overrides_for(scope, model))
+        cfg = apply_overrides(cfg, scoped_overrides(self.base_overrides, scope, model))
+        for f in (self.config_file, tuned):
+            if f:
+                cfg = apply_overrides(cfg, load_config_file(f))
+        cfg = apply_overrides(cfg, scoped_overrides(self.inherited_overrides, scope, model))  # from_run's
+        return apply_overrides(cfg, scoped_overrides(self.overrides, scope, model))
+
+    def tune_config(self) -> Any:
+        """The ``TuneConfig`` of the ``tune`` stage (the re-train of OptInter; the keys the user
+        overrides for the re-train are left out of the search space: an override always wins)."""
+        from optinter.tune import TuneConfig
+
+        kw = {**PIPELINE_TUNE, "seed": self.seed, **self.tune, "model": SEARCH_MODEL}
+        tc = TuneConfig(**kw)
+        fixed = {kv.split("=", 1)[0].strip() for kv in scoped_overrides(self.overrides, "retrain", SEARCH_MODEL)}
+        if fixed:
+            tc.space = tuple(s for s in tc.space_strings() if s.split("=", 1)[0].strip() not in fixed)
+        return tc
+
+    @property
+    def user_overrides(self) -> list[str]:
+        """The overrides this run was given, those inherited from ``from_run`` first."""
+        return self.inherited_overrides + self.overrides
 
     def overrides_for(self, scope: str, model: str) -> list[str]:
-        """Base (quick-start) overrides, then the user's: each layer unscoped first, then scoped."""
-        return scoped_overrides(self.base_overrides, scope, model) + scoped_overrides(self.overrides, scope, model)
+        """Base (quick-start) overrides, then those inherited from ``from_run``, then the user's:
+        each layer unscoped first, then scoped (so a later layer wins)."""
+        return [o for layer in (self.base_overrides, self.inherited_overrides, self.overrides)
+                for o in scoped_overrides(layer, scope, model)]
 
 
 def parse_override(item: str) -> tuple[str | None, str]:
@@ -161,8 +201,10 @@ def expand_paths(patterns: Sequence[str], param: str) -> list[str]:
     return out
 
 
-def needed_stages(targets: Iterable[str], synthetic_without_files: bool, has_baselines: bool) -> list[str]:
-    """``targets`` plus everything they depend on, in execution order."""
+def needed_stages(targets: Iterable[str], synthetic_without_files: bool, has_baselines: bool,
+                  tune: bool = False) -> list[str]:
+    """``targets`` plus everything they depend on, in execution order (``tune``: re-train reads
+    the ``tune`` stage's settings)."""
     need: set[str] = set()
     stack = list(targets)
     while stack:
@@ -175,7 +217,19 @@ def needed_stages(targets: Iterable[str], synthetic_without_files: bool, has_bas
             continue
         need.add(s)
         stack.extend(DEPENDS[s])
+        if s == "retrain" and tune:
+            stack.append("tune")
     return [s for s in STAGES if s in need]
+
+
+def check_run_configs(spec: PipelineSpec) -> None:
+    """Every model config the run will build must be valid (unknown keys, bad values): SpecError."""
+    models = {("search", SEARCH_MODEL), ("retrain", SEARCH_MODEL)} | {("baselines", m) for m in spec.baselines}
+    for scope, model in sorted(models):
+        try:
+            spec.run_config(scope, model)
+        except ValueError as e:
+            raise SpecError(f"parameter 'overrides' ({scope}/{model}): {e}") from None
 
 
 def _check_threshold(name: str, v: Any) -> int | None:
@@ -215,6 +269,9 @@ def resolve_spec(
     tracking_uri: str | None = None,
     quickstart: bool = True,
     compare: Mapping[str, Any] | None = None,
+    config_file: str | None = None,
+    tune_mode: str = "auto",
+    tune: Mapping[str, Any] | None = None,
     score: Mapping[str, Any] | None = None,
     register_as: str | Sequence[str] | Mapping[str, str] | None = None,
 ) -> PipelineSpec:
@@ -315,6 +372,16 @@ def resolve_spec(
         if unknown:
             raise SpecError(f"parameter 'preprocess': unknown keys {unknown}; allowed: {allowed}")
 
+    # settings file
+    if config_file:
+        from optinter.config import load_config_file
+
+        try:
+            load_config_file(config_file)
+        except (ValueError, FileNotFoundError) as e:
+            raise SpecError(f"parameter 'config_file': {e}") from None
+        config_file = str(Path(config_file).resolve())
+
     # overrides
     base_overrides = list(SYNTHETIC_QUICKSTART_OVERRIDES) if (synthetic and quickstart) else []
     user_overrides = [overrides] if isinstance(overrides, str) else list(overrides or [])
@@ -333,27 +400,37 @@ def resolve_spec(
             ARTIFACT_ROOT_ENV, DEFAULT_ARTIFACT_ROOT)),
         force=force, from_run=from_run, targets=targets, experiment=experiment,
         tracking_uri=tracking_uri or default_tracking_uri(), compare=dict(compare) if compare else None,
+        config_file=config_file or None, tune_mode=tune_mode, tune=dict(tune or {}),
         score=check_score(score, "score" in targets), register_as=parse_register(register_as, baselines),
     )
+    if tune_mode not in TUNE_MODES:
+        raise SpecError(f"parameter 'tune_mode': expected one of {', '.join(TUNE_MODES)}, got {tune_mode!r}")
     if "score" in targets and not spec.score.get("model"):  # type: ignore[union-attr]
         targets = targets + ["retrain"]  # score this run's re-trained OptInter
-    spec.needed = needed_stages(targets, synth_cfg is not None, bool(baselines))
+    spec.needed = needed_stages(targets, synth_cfg is not None, bool(baselines), tune=tune_mode != "off")
     for m in spec.register_as:
         if ("retrain" if m == SEARCH_MODEL else "baselines") not in spec.needed:
             raise SpecError(f"parameter 'register_as': {m!r} is not trained by stages {targets}")
+    if spec.wants("tune"):
+        import dataclasses as _dc
+
+        from optinter.tune import TuneConfig
+
+        allowed = sorted(f.name for f in _dc.fields(TuneConfig) if f.name != "model")
+        unknown = sorted(set(spec.tune) - set(allowed))
+        if unknown:
+            raise SpecError(f"parameter 'tune': unknown keys {unknown}; allowed: {allowed}")
+        try:
+            spec.tune_config().validate()
+        except (TypeError, ValueError) as e:
+            raise SpecError(f"parameter 'tune': {e}") from None
     if not spec.needed:
         raise SpecError(f"nothing to run: stages {targets} with baselines {baselines}")
     if synthetic is False and not raw_files and not splits and not from_run and "preprocess" in spec.needed:
         raise SpecError(f"dataset {schema.name!r} needs data: give 'raw' files or "
                         f"'train_path'/'valid_path'/'test_path' (or 'from_run' with earlier results)")
 
-    # every model config this run will build must be valid (unknown keys, bad values)
-    models = {("search", SEARCH_MODEL), ("retrain", SEARCH_MODEL)} | {("baselines", m) for m in baselines}
-    for scope, model in sorted(models):
-        try:
-            spec.run_config(scope, model)
-        except ValueError as e:
-            raise SpecError(f"parameter 'overrides' ({scope}/{model}): {e}") from None
+    check_run_configs(spec)
     if compare and "compare" not in spec.needed:
         raise SpecError("parameter 'compare' is only used with stage 'compare' (stages=['compare'])")
     if "compare" in spec.needed:

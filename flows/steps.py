@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import re
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -26,7 +27,7 @@ from optinter.tracking import MlflowTracker, Tracker
 
 from .cache import (MARKER, ArtifactStore, StageRecord, code_fingerprint, dir_fingerprint, file_fingerprint,
                     paths_fingerprint, stable_hash, stage_key)
-from .spec import SEARCH_MODEL, PipelineSpec
+from .spec import FULL_PIPELINE, SEARCH_MODEL, PipelineSpec, check_run_configs
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 #: in the artifact root (the run's ``optinter.output_uri`` tag points there).
 ARTIFACT_SUFFIXES = (".json", ".csv", ".md", ".html", ".png", ".svg", ".txt", ".yaml")
 MAX_ARTIFACT_BYTES = 20 * 1024 * 1024
+#: Output files that are data read by later stages: never uploaded to MLflow; the stage run's
+#: ``optinter.output_uri`` points at them and the runs that read them log them as dataset inputs.
+DATA_FILES: dict[str, tuple[str, ...]] = {"synth": ("train.csv", "valid.csv", "test.csv")}
+#: Why a stage was recomputed although its key had not changed (``--force``, or an input recomputed).
+TAG_RECOMPUTED = "optinter.recomputed"
 ARCH_FILE = "architecture.json"
 METRICS_FILE = "metrics.json"
 
@@ -52,7 +58,9 @@ class Context:
     experiment_id: str
     parent_run_id: str
     reused: dict[str, StageRecord] = field(default_factory=dict)
-    stage_runs: dict[str, str] = field(default_factory=dict)  # run name → MLflow run id (this pipeline run)
+    stage_runs: dict[str, str] = field(default_factory=dict)  # step name → MLflow run id (this pipeline run)
+    #: keys of the stage folders this pipeline run computed (their dependents recompute too)
+    fresh: set[str] = field(default_factory=set)
 
     def tracker(self, run_id: str) -> MlflowTracker:
         return MlflowTracker(run_id, tracking_uri=self.tracking_uri)
@@ -62,22 +70,40 @@ class Context:
 
 def open_context(spec: PipelineSpec, run_name: str | None = None, extra_tags: Mapping[str, str] | None = None
                  ) -> Context:
-    """Resolve ``from_run``, create the experiment and the pipeline's parent run."""
+    """Resolve ``from_run`` (inheriting its overrides), create the experiment and the pipeline's parent
+    run, and mark ``KILLED`` the runs that dead processes left ``RUNNING``."""
     store = ArtifactStore(spec.artifact_root)
-    reused = resolve_reference(spec.from_run, store, spec.tracking_uri) if spec.from_run else {}
+    reused: dict[str, StageRecord] = {}
+    if spec.from_run:
+        reused, inherited = resolve_reference(spec.from_run, store, spec.tracking_uri)
+        if inherited:
+            spec.inherited_overrides = list(inherited)
+            check_run_configs(spec)
+            log.info("from_run %s: inheriting its overrides %s (this run's own come after them)", spec.from_run,
+                     inherited)
     exp_id = tr.ensure_experiment(spec.experiment, spec.tracking_uri)
-    tags = {tr.TAG_STAGE: "pipeline", tr.TAG_DATASET: spec.dataset_name, "optinter.targets": ",".join(spec.targets)}
+    tags = {tr.TAG_STAGE: "pipeline", tr.TAG_DATASET: spec.dataset_name, "optinter.targets": ",".join(spec.targets),
+            tr.TAG_OVERRIDES: json.dumps(spec.user_overrides), TAG_ARTIFACT_ROOT: spec.artifact_root}
     if spec.from_run:
         tags["optinter.from_run"] = spec.from_run
+    if spec.raw:
+        tags["optinter.raw"] = ";".join(spec.raw)
+    if spec.splits:
+        tags["optinter.splits"] = json.dumps(spec.splits)
     tags.update(extra_tags or {})
-    parent = tr.start_run(exp_id, run_name or f"{spec.dataset_name}-pipeline", tags, tracking_uri=spec.tracking_uri)
+    parent = tr.start_run(exp_id, run_name or pipeline_run_name(spec), tags, tracking_uri=spec.tracking_uri)
+    tr.mark_stale_runs(exp_id, spec.tracking_uri, found_by=parent)
     ctx = Context(spec, store, spec.tracking_uri, exp_id, parent, reused)
+    # machine paths (artifact root, raw files, a from_run folder) are tags above, not params
     ctx.tracker(parent).log_params({
-        "dataset": spec.dataset, "seed": spec.seed, "oov_threshold": spec.oov_threshold,
-        "cross_threshold": spec.cross_threshold, "overrides": ";".join(spec.base_overrides + spec.overrides),
+        "dataset": Path(spec.dataset).name, "seed": spec.seed, "oov_threshold": spec.oov_threshold,
+        "cross_threshold": spec.cross_threshold,
+        "overrides": ";".join(spec.base_overrides + spec.user_overrides),
+        "inherited_overrides": ";".join(spec.inherited_overrides) or None,
         "baselines": ",".join(spec.baselines), "stages": ",".join(spec.targets),
-        "force": ",".join(spec.force), "from_run": spec.from_run, "artifact_root": spec.artifact_root,
-        "raw": ";".join(spec.raw), "splits": json.dumps(spec.splits) if spec.splits else None,
+        "force": ",".join(spec.force), "from_run": _portable_ref(spec.from_run, store),
+        "raw": ";".join(Path(p).name for p in spec.raw),
+        "splits": json.dumps({k: Path(v).name for k, v in spec.splits.items()}) if spec.splits else None,
         "synth": json.dumps(spec.synth, sort_keys=True) if spec.synth else None,
         "preprocess": json.dumps(spec.preprocess, sort_keys=True) if spec.preprocess else None,
     })
@@ -85,8 +111,77 @@ def open_context(spec: PipelineSpec, run_name: str | None = None, extra_tags: Ma
     return ctx
 
 
+#: Tag naming the artifact root of a pipeline run (a machine path: not a param).
+TAG_ARTIFACT_ROOT = "optinter.artifact_root"
+
+
+def spec_key(spec: PipelineSpec) -> str:
+    """A hash of what a pipeline run computes (data, settings, stages): equal for reruns of the same."""
+    d = spec.to_dict()
+    for k in ("artifact_root", "force", "experiment", "tracking_uri", "needed"):
+        d.pop(k, None)
+    return stable_hash(d)
+
+
+def pipeline_run_name(spec: PipelineSpec) -> str:
+    """The parent run's name: dataset, what was run and a short key, e.g. ``synthetic full-pipeline 3f9a2c1d``
+    or ``criteo retrain 0b7e4d22 from 5d1c9a0e`` (the same for reruns of the same settings)."""
+    what = "full-pipeline" if list(spec.targets) == list(FULL_PIPELINE) else "+".join(spec.targets)
+    name = f"{spec.dataset_name} {what} {spec_key(spec)[:8]}"
+    if spec.from_run:
+        name += f" from {Path(spec.from_run.rstrip('/')).name[:8]}"
+    if spec.force:
+        name += f" force={','.join(spec.force)}"
+    return name
+
+
+def _portable_ref(ref: str | None, store: ArtifactStore) -> str | None:
+    """A ``from_run`` reference as a param: run ids as they are, folders relative to the artifact root
+    (``None`` for a folder elsewhere: the ``optinter.from_run`` tag has it)."""
+    if not ref or not _looks_like_path(ref):
+        return ref
+    if "://" not in ref and store.local:
+        p = Path(ref).expanduser().resolve()
+        if p.is_relative_to(store.root):
+            return p.relative_to(store.root).as_posix()
+        return None
+    return ref[len(store.root) + 1:] if ref.startswith(store.root + "/") else None
+
+
+def _one_error(error: BaseException) -> str:
+    msg = str(error)
+    sig = getattr(error, "signal", None)  # Prefect's TerminationSignal has no message, only its signal
+    if isinstance(sig, int) and msg in ("", str(sig)):
+        msg = f"terminated by {signal.Signals(sig).name}"
+    return f"{type(error).__name__}: {msg}" if msg else type(error).__name__
+
+
+def error_text(error: BaseException) -> str:
+    """``Type: message``, then each cause not already in the text (``; caused by Type: message``)."""
+    text = _one_error(error)
+    cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    seen = {id(error)}
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if str(cause) not in text:
+            text += f"; caused by {_one_error(cause)}"
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    return text
+
+
+def _end_with_error(t: MlflowTracker, run_id: str, error: BaseException, tracking_uri: str) -> None:
+    """Tag the error (``KILLED`` runs also say why) and end the run ``FAILED`` or ``KILLED``."""
+    status = tr.terminal_status(error)
+    tags = {tr.TAG_ERROR: error_text(error)[:5000]}
+    if status == "KILLED":
+        tags[tr.TAG_KILLED] = f"interrupted: {error_text(error)}"[:5000]
+    t.set_tags(tags)
+    tr.end_run(run_id, status, tracking_uri=tracking_uri)
+
+
 def close_context(ctx: Context, error: BaseException | None = None, summary: Mapping[str, Any] | None = None) -> None:
-    """Finish the parent run: final metrics of the results table, ``FAILED`` with the error if any."""
+    """Finish the parent run: final metrics of the results table; ``FAILED`` (or ``KILLED`` when
+    interrupted) with the error if any."""
     t = ctx.tracker(ctx.parent_run_id)
     if summary:
         t.set_tags({k: v for k, v in summary.get("tags", {}).items()})
@@ -96,8 +191,9 @@ def close_context(ctx: Context, error: BaseException | None = None, summary: Map
         for path in summary.get("artifacts", []):
             t.log_artifact(path)
     if error is not None:
-        t.set_tags({tr.TAG_ERROR: f"{type(error).__name__}: {error}"[:5000]})
-    tr.end_run(ctx.parent_run_id, "FAILED" if error is not None else "FINISHED", tracking_uri=ctx.tracking_uri)
+        _end_with_error(t, ctx.parent_run_id, error, ctx.tracking_uri)
+    else:
+        tr.end_run(ctx.parent_run_id, "FINISHED", tracking_uri=ctx.tracking_uri)
 
 
 # ---- references to earlier results ----------------------------------------------------------------------
@@ -106,17 +202,25 @@ def _looks_like_path(ref: str) -> bool:
     return "/" in ref or "\\" in ref or ref.startswith(".") or Path(ref).exists()
 
 
-def resolve_reference(ref: str, store: ArtifactStore, tracking_uri: str) -> dict[str, StageRecord]:
-    """Stage folders to reuse from ``ref`` (an MLflow run id or a stage output folder / URL).
+def resolve_reference(ref: str, store: ArtifactStore, tracking_uri: str
+                      ) -> tuple[dict[str, StageRecord], list[str] | None]:
+    """Stage folders to reuse from ``ref`` (an MLflow run id or a stage output folder / URL), and
+    the overrides of the run that made it (``None`` when unknown).
 
     Returns the referenced stage and every stage upstream of it, by stage name. A pipeline
-    (parent) run id means its ``search`` stage (or ``preprocess`` when it had no search).
+    (parent) run id means its ``search`` stage (or ``preprocess`` when it had no search). The
+    overrides come from the referenced run's ``optinter.overrides`` tag, or for a folder from its
+    marker (those of the run that computed it).
     """
+    overrides: list[str] | None = None
     if _looks_like_path(ref):
         rec = store.load(ref)
+        overrides = rec.meta.get("overrides")
     else:
         run = tr.get_run(ref, tracking_uri)  # ValueError naming the run id when missing
         tags = run.data.tags
+        if tr.TAG_OVERRIDES in tags:
+            overrides = json.loads(tags[tr.TAG_OVERRIDES])
         if tags.get(tr.TAG_STAGE) == "pipeline":
             children = {c.data.tags.get(tr.TAG_STAGE): c for c in tr.child_runs(ref, tracking_uri)}
             pick = next((children[s] for s in ("search", "preprocess") if s in children), None)
@@ -127,6 +231,8 @@ def resolve_reference(ref: str, store: ArtifactStore, tracking_uri: str) -> dict
         if not out:
             raise ValueError(f"from_run {ref!r}: MLflow run has no {tr.TAG_OUTPUT!r} tag (not an optinter stage run)")
         rec = store.load(out)
+        if overrides is None:
+            overrides = rec.meta.get("overrides")
     found = {rec.stage: rec}
     todo = [rec]
     while todo:
@@ -142,7 +248,7 @@ def resolve_reference(ref: str, store: ArtifactStore, tracking_uri: str) -> dict
             found[stage] = u
             todo.append(u)
     log.info("from_run %s: reusing %s", ref, ", ".join(f"{s}={r.uri}" for s, r in found.items()))
-    return found
+    return found, overrides
 
 
 # ---- the generic step -------------------------------------------------------------------------------
@@ -181,42 +287,54 @@ def final_metrics(rec: StageRecord) -> dict[str, float]:
     return m
 
 
-def _logged_artifacts(t: MlflowTracker, path: str | None = None) -> set[str]:
+def _artifact_infos(t: MlflowTracker, run_id: str, path: str | None = None) -> list[Any]:
+    """Every artifact file of a run (recursively), as MLflow ``FileInfo``s."""
+    out: list[Any] = []
+    for f in t.client.list_artifacts(run_id, path):
+        out += _artifact_infos(t, run_id, f.path) if f.is_dir else [f]
+    return out
+
+
+def _logged_artifacts(t: MlflowTracker) -> set[str]:
     """Base names of every artifact already in the run (recursively)."""
-    names: set[str] = set()
-    for f in t.client.list_artifacts(t.run_id, path):
-        if f.is_dir:
-            names |= _logged_artifacts(t, f.path)
-        else:
-            names.add(f.path.rsplit("/", 1)[-1])
-    return names
+    return {f.path.rsplit("/", 1)[-1] for f in _artifact_infos(t, t.run_id)}
+
+
+def _is_artifact(stage: str, name: str, size: int) -> bool:
+    """Whether an output file is logged as an MLflow artifact: small and human-readable, not data."""
+    return Path(name).suffix in ARTIFACT_SUFFIXES and size <= MAX_ARTIFACT_BYTES and name not in DATA_FILES.get(stage, ())
 
 
 def log_outputs(t: MlflowTracker, rec: StageRecord) -> None:
-    """Final metrics and the small output files of ``rec``, skipping what the stage logged itself."""
+    """Final metrics and the small output files of ``rec``.
+
+    A stage that logged metrics itself (or whose run copied them from the run that computed it)
+    keeps its own: only ``stage_seconds`` is added, as the numbers of its result are the same
+    figures under other keys. Data files are not uploaded (see :data:`DATA_FILES`).
+    """
     have = set(t.client.get_run(t.run_id).data.metrics)
-    t.log_metrics({k: v for k, v in final_metrics(rec).items() if k not in have or k == "stage_seconds"})
+    m = final_metrics(rec) if not have else {"stage_seconds": float(rec.seconds)}
+    t.log_metrics({k: v for k, v in m.items() if k not in have})
     logged = _logged_artifacts(t)
     for p in sorted(rec.path.rglob("*")):
-        if (p.is_file() and p.suffix in ARTIFACT_SUFFIXES and p.stat().st_size <= MAX_ARTIFACT_BYTES
-                and p.name not in logged):
+        if p.is_file() and _is_artifact(rec.stage, p.name, p.stat().st_size) and p.name not in logged:
             rel = p.parent.relative_to(rec.path)
             t.log_artifact(p, None if str(rel) == "." else rel.as_posix())
 
 
-def _copy_source_run(ctx: Context, t: MlflowTracker, source_run_id: str | None) -> None:
-    """Params, metric history and artifacts of the run that computed a reused stage (when reachable)."""
-    if not source_run_id:
+def _copy_source_run(t: MlflowTracker, rec: StageRecord) -> None:
+    """Params, metric history and small artifacts of the run that computed a reused stage (when reachable)."""
+    if not rec.run_id:
         return
     try:
-        src = t.client.get_run(source_run_id)
+        src = t.client.get_run(rec.run_id)
     except Exception:  # noqa: BLE001 — another tracking store: nothing to copy
         return
     t.log_params(dict(src.data.params))
     from mlflow.entities import Metric
 
     for key in src.data.metrics:
-        hist = t.client.get_metric_history(source_run_id, key)
+        hist = t.client.get_metric_history(rec.run_id, key)
         ms = [Metric(m.key, m.value, m.timestamp, m.step) for m in hist]
         for i in range(0, len(ms), 500):
             t.client.log_batch(t.run_id, metrics=ms[i:i + 500])
@@ -224,39 +342,62 @@ def _copy_source_run(ctx: Context, t: MlflowTracker, source_run_id: str | None) 
 
     with tempfile.TemporaryDirectory(prefix="optinter-artifacts-") as tmp:
         try:
-            local = t.client.download_artifacts(source_run_id, "", tmp)
+            files = [f for f in _artifact_infos(t, rec.run_id)
+                     if _is_artifact(rec.stage, f.path.rsplit("/", 1)[-1], f.file_size or 0)]
+            for f in files:
+                t.client.download_artifacts(rec.run_id, f.path, tmp)
         except Exception as e:  # noqa: BLE001 — artifacts gone: the local files are logged instead
-            log.warning("could not copy artifacts of run %s: %s", source_run_id, e)
+            log.warning("could not copy artifacts of run %s: %s", rec.run_id, e)
             return
-        if any(Path(local).iterdir()):
-            t.client.log_artifacts(t.run_id, local)
+        if any(Path(tmp).iterdir()):
+            t.client.log_artifacts(t.run_id, tmp)
+
+
+def _upstream_keys(inputs: Mapping[str, Any]) -> dict[str, str]:
+    """The stage folders a stage reads, by name → key: its key material's ``upstream`` and ``trained``."""
+    return {**inputs.get("upstream", {}), **inputs.get("trained", {})}
+
+
+def run_name(name: str, key: str) -> str:
+    """A stage run's MLflow name: the step and a short key (``retrain:optinter 3f9a2c1d``), so runs of
+    different settings read apart in the compare view across pipeline runs; the step alone is the
+    ``optinter.step`` tag."""
+    return f"{name} {key[:8]}"
 
 
 def execute(ctx: Context, stage: str, inputs: Mapping[str, Any], compute: Callable[[Path, Tracker], Mapping[str, Any]],
             *, name: str | None = None, model: str | None = None, params: Mapping[str, Any] | None = None,
-            tags: Mapping[str, Any] | None = None, reuse: StageRecord | None = None) -> StageRecord:
-    """Reuse or compute one stage folder, with its nested MLflow run (see the module docstring)."""
+            tags: Mapping[str, Any] | None = None, reuse: StageRecord | None = None,
+            datasets: Sequence[tr.DatasetRef] = ()) -> StageRecord:
+    """Reuse or compute one stage folder, with its nested MLflow run (see the module docstring).
+
+    The stage is recomputed, even with an unchanged key, when it is forced or when a stage folder it
+    reads was computed in this pipeline run (so ``--force search`` also recomputes what follows).
+    ``datasets`` are logged as the run's dataset inputs (references, nothing is copied).
+    """
     spec = ctx.spec
     name = name or stage
-    inputs = {**inputs, "code": code_fingerprint(stage)}
-    key = stage_key(stage, inputs, code=False)
+    inputs = {**inputs, "code": code_fingerprint(compute)}
+    key = stage_key(stage, inputs)
+    after = sorted(n for n, k in _upstream_keys(inputs).items() if k in ctx.fresh)
     forced = spec.forced(stage, model)
     rec = None
-    if reuse is not None and not forced:
-        rec = reuse
-    elif not forced:
-        rec = ctx.store.lookup(stage, key)
-    run_tags = {tr.TAG_STAGE: stage, tr.TAG_DATASET: spec.dataset_name, tr.TAG_CACHED: str(rec is not None).lower()}
+    if not forced and not after:
+        rec = reuse if reuse is not None else ctx.store.lookup(stage, key)
+    run_tags = {tr.TAG_STAGE: stage, tr.TAG_STEP: name, tr.TAG_DATASET: spec.dataset_name,
+                tr.TAG_CACHED: str(rec is not None).lower(), tr.TAG_OVERRIDES: json.dumps(spec.user_overrides)}
     if model:
         run_tags[tr.TAG_MODEL] = model
     run_tags.update({k: v for k, v in (tags or {}).items() if v is not None})
     if rec is not None:
         run_tags.update({tr.TAG_KEY: rec.key, tr.TAG_OUTPUT: rec.uri, tr.TAG_SOURCE_RUN: rec.run_id or ""})
-        run_id = tr.start_run(ctx.experiment_id, name, run_tags, ctx.parent_run_id, ctx.tracking_uri)
+        run_id = tr.start_run(ctx.experiment_id, run_name(name, rec.key), run_tags, ctx.parent_run_id,
+                              ctx.tracking_uri)
         t = ctx.tracker(run_id)
         try:
-            _copy_source_run(ctx, t, rec.run_id)
+            _copy_source_run(t, rec)
             t.log_params(dict(params or {}))
+            tr.log_datasets(run_id, datasets, ctx.tracking_uri)
             log_outputs(t, rec)
         finally:
             tr.end_run(run_id, "FINISHED", ctx.tracking_uri)
@@ -264,20 +405,31 @@ def execute(ctx: Context, stage: str, inputs: Mapping[str, Any], compute: Callab
         ctx.stage_runs[name] = run_id
         return rec
 
+    why = ""  # why a finished folder of this key is recomputed
+    if forced:
+        why = "forced"
+    elif after and (reuse is not None or ctx.store.exists(stage, key)):
+        why = f"recomputed because {', '.join(after)} was recomputed in this run"
     run_tags.update({tr.TAG_KEY: key, tr.TAG_OUTPUT: ctx.store.uri(stage, key)})
-    run_id = tr.start_run(ctx.experiment_id, name, run_tags, ctx.parent_run_id, ctx.tracking_uri)
+    if why:
+        run_tags[TAG_RECOMPUTED] = why
+    run_id = tr.start_run(ctx.experiment_id, run_name(name, key), run_tags, ctx.parent_run_id, ctx.tracking_uri)
     ctx.stage_runs[name] = run_id
     t = ctx.tracker(run_id)
     t.log_params(dict(params or {}))
-    log.info("%s: computing %s%s", name, ctx.store.uri(stage, key), " (forced)" if forced else "")
+    tr.log_datasets(run_id, datasets, ctx.tracking_uri)
+    log.info("%s: computing %s%s", name, ctx.store.uri(stage, key), f" ({why})" if why else "")
     try:
-        rec = ctx.store.run(stage, key, inputs, lambda out: compute(out, t), force=True, run_id=run_id, name=name)
+        rec = ctx.store.run(stage, key, inputs, lambda out: compute(out, t), force=True, run_id=run_id, name=name,
+                            meta={"overrides": spec.user_overrides})
         log_outputs(t, rec)
     except BaseException as e:
-        t.set_tags({tr.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]})
-        tr.end_run(run_id, "FAILED", ctx.tracking_uri)
+        _end_with_error(t, run_id, e, ctx.tracking_uri)
+        if isinstance(e, Exception) and not isinstance(e, StageFailed):
+            raise StageFailed(f"stage {name} failed: {type(e).__name__}: {e}") from e
         raise
     tr.end_run(run_id, "FINISHED", ctx.tracking_uri)
+    ctx.fresh.add(key)
     return rec
 
 
@@ -322,6 +474,26 @@ def _preprocess_data_inputs(ctx: Context, synth: StageRecord | None) -> tuple[di
     return {"raw": paths_fingerprint(spec.raw)}, {"raw": list(spec.raw)}
 
 
+def source_datasets(ctx: Context, synth: StageRecord | None) -> list[tr.DatasetRef]:
+    """The files the preprocessing reads, as dataset inputs of its run (by reference: content hash
+    and location; MLflow keeps one record per content however many runs read it)."""
+    spec = ctx.spec
+    if synth is not None:
+        files = [(s, f"{spec.dataset_name}/{s}.csv", synth.path / f"{s}.csv", f"{synth.uri}/{s}.csv")
+                 for s in ("train", "valid", "test")]
+    elif spec.splits:
+        files = [(s, Path(p).name, Path(p), p) for s, p in spec.splits.items()]
+    else:
+        files = [("raw", Path(p).name, Path(p), p) for p in spec.raw]
+    return [tr.DatasetRef(name, file_fingerprint(path), source, context, {"bytes": path.stat().st_size})
+            for context, name, path, source in files]
+
+
+def data_dataset(ctx: Context, data: StageRecord) -> tr.DatasetRef:
+    """The encoded data (a preprocess stage folder) as a dataset input of the runs that read it."""
+    return tr.DatasetRef(f"{ctx.spec.dataset_name}-encoded", data.key, data.uri, "training")
+
+
 def preprocess_settings(spec: PipelineSpec) -> dict[str, Any]:
     """The preprocessing settings that go into its key and its MLflow params."""
     options = {k: v for k, v in spec.preprocess.items() if k not in PREPROCESS_RUNTIME_OPTIONS}
@@ -342,7 +514,7 @@ def step_preprocess(ctx: Context, synth: StageRecord | None) -> StageRecord:
         return call_preprocess(spec, data_paths, out)
 
     return execute(ctx, "preprocess", {**data_key, **settings}, compute, params=params,
-                   reuse=ctx.reused.get("preprocess"))
+                   reuse=ctx.reused.get("preprocess"), datasets=source_datasets(ctx, synth))
 
 
 #: ``PreprocessConfig`` fields that only say where / how fast to compute: not part of the cache key.
@@ -380,7 +552,7 @@ def _model_params(cfg: Any, model: str) -> dict[str, Any]:
 
 def step_search(ctx: Context, data: StageRecord) -> StageRecord:
     """OptInter search (Algorithm 1) → ``architecture.json``."""
-    cfg = ctx.spec.run_config("search", SEARCH_MODEL)
+    cfg = ctx.spec.run_config("search", SEARCH_MODEL, data.path)
 
     def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
         from optinter.stages import run_search
@@ -389,14 +561,64 @@ def step_search(ctx: Context, data: StageRecord) -> StageRecord:
 
     rec = execute(ctx, "search", {"upstream": {"preprocess": data.key}, "config": cfg.to_dict()}, compute,
                   model=SEARCH_MODEL, params=_model_params(cfg, SEARCH_MODEL),
-                  tags={tr.TAG_DATA_HASH: data.key}, reuse=ctx.reused.get("search"))
+                  tags={tr.TAG_DATA_HASH: data.key}, reuse=ctx.reused.get("search"), datasets=[data_dataset(ctx, data)])
     ctx.tracker(ctx.stage_runs["search"]).set_tags({tr.TAG_ARCH_HASH: arch_hash(rec)})
     return rec
 
 
-def step_retrain(ctx: Context, data: StageRecord, search: StageRecord) -> StageRecord:
-    """Re-train the searched architecture from scratch; evaluates on valid / test."""
-    cfg = ctx.spec.run_config("retrain", SEARCH_MODEL)
+def tune_wanted(ctx: Context, data: StageRecord) -> tuple[bool, str]:
+    """(run the ``tune`` stage?, why): ``tune_mode`` "on" / "off", or "auto": only when the train
+    split is small (:data:`flows.spec.TUNE_AUTO_MAX_ROWS` rows at most)."""
+    from preprocess.feature_map import FeatureMap
+
+    from .spec import TUNE_AUTO_MAX_ROWS
+
+    mode = ctx.spec.tune_mode
+    if mode != "auto":
+        return mode == "on", f"tune_mode={mode}"
+    if "tune" in ctx.spec.targets:
+        return True, "stage tune asked for"
+    rows = FeatureMap.load(data.path).splits["train"].rows
+    if rows > TUNE_AUTO_MAX_ROWS:
+        return False, f"tune_mode=auto: {rows:,} train rows > {TUNE_AUTO_MAX_ROWS:,} (give tune_mode=on to tune)"
+    return True, f"tune_mode=auto: {rows:,} train rows <= {TUNE_AUTO_MAX_ROWS:,}"
+
+
+def step_tune(ctx: Context, data: StageRecord, search: StageRecord) -> StageRecord | None:
+    """Tune the re-train's settings on the validation split (``optinter.tune.run_tune``) →
+    ``tuned.yaml``; None when ``tune_mode`` (or its ``auto`` rule) says no."""
+    import dataclasses
+    import os
+
+    wanted, why = tune_wanted(ctx, data)
+    if not wanted:
+        log.info("tune: skipped (%s)", why)
+        return None
+    cfg = ctx.spec.run_config("retrain", SEARCH_MODEL, data.path)
+    tc = ctx.spec.tune_config()
+    settings = dataclasses.asdict(tc)
+
+    def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
+        from optinter.tune import run_tune
+
+        return run_tune(data.path, out, tc, cfg, arch_path=search.path / ARCH_FILE, tracker=t,
+                        scheduler=os.environ.get("DASK_SCHEDULER_ADDRESS") if tc.parallel > 1 else None)
+
+    return execute(ctx, "tune", {"upstream": {"preprocess": data.key, "search": search.key},
+                                 "config": cfg.to_dict(), "tune": settings}, compute, name=f"tune:{SEARCH_MODEL}",
+                   model=SEARCH_MODEL, params={f"tune.{k}": v for k, v in settings.items()},
+                   tags={tr.TAG_DATA_HASH: data.key, tr.TAG_ARCH_HASH: arch_hash(search)},
+                   reuse=ctx.reused.get("tune"), datasets=[data_dataset(ctx, data)])
+
+
+def step_retrain(ctx: Context, data: StageRecord, search: StageRecord,
+                 tuned: StageRecord | None = None) -> StageRecord:
+    """Re-train the searched architecture from scratch (with the ``tune`` stage's settings when
+    given); evaluates on valid / test."""
+    from optinter.tune import TUNED_FILE
+
+    cfg = ctx.spec.run_config("retrain", SEARCH_MODEL, data.path,
+                              tuned=tuned.path / TUNED_FILE if tuned is not None else None)
     ah = arch_hash(search)
 
     def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
@@ -404,15 +626,19 @@ def step_retrain(ctx: Context, data: StageRecord, search: StageRecord) -> StageR
 
         return run_retrain(data.path, search.path / ARCH_FILE, out, cfg, tracker=t)
 
-    return execute(ctx, "retrain", {"upstream": {"preprocess": data.key, "search": search.key}, "arch": ah,
+    upstream = {"preprocess": data.key, "search": search.key}
+    if tuned is not None:
+        upstream["tune"] = tuned.key
+    return execute(ctx, "retrain", {"upstream": upstream, "arch": ah,
                                     "config": cfg.to_dict()}, compute, name=f"retrain:{SEARCH_MODEL}",
                    model=SEARCH_MODEL, params=_model_params(cfg, SEARCH_MODEL),
-                   tags={tr.TAG_DATA_HASH: data.key, tr.TAG_ARCH_HASH: ah}, reuse=ctx.reused.get("retrain"))
+                   tags={tr.TAG_DATA_HASH: data.key, tr.TAG_ARCH_HASH: ah}, reuse=ctx.reused.get("retrain"),
+                   datasets=[data_dataset(ctx, data)])
 
 
 def step_train(ctx: Context, data: StageRecord, model: str) -> StageRecord:
     """Train one baseline model on the same encoded data."""
-    cfg = ctx.spec.run_config("baselines", model)
+    cfg = ctx.spec.run_config("baselines", model, data.path)
 
     def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
         from optinter.stages import run_train
@@ -421,7 +647,7 @@ def step_train(ctx: Context, data: StageRecord, model: str) -> StageRecord:
 
     return execute(ctx, "train", {"upstream": {"preprocess": data.key}, "model": model, "config": cfg.to_dict()},
                    compute, name=f"train:{model}", model=model, params=_model_params(cfg, model),
-                   tags={tr.TAG_DATA_HASH: data.key})
+                   tags={tr.TAG_DATA_HASH: data.key}, datasets=[data_dataset(ctx, data)])
 
 
 def step_evaluate(ctx: Context, trained: Sequence[StageRecord]) -> StageRecord:
@@ -465,7 +691,8 @@ def step_analyze(ctx: Context, data: StageRecord, search: StageRecord | None, sy
                            title=f"OptInter on {ctx.spec.dataset_name}")
 
     return execute(ctx, "analyze", inputs, compute, params={"dataset": ctx.spec.dataset_name},
-                   tags={tr.TAG_DATA_HASH: data.key, tr.TAG_ARCH_HASH: ah}, reuse=ctx.reused.get("analyze"))
+                   tags={tr.TAG_DATA_HASH: data.key, tr.TAG_ARCH_HASH: ah}, reuse=ctx.reused.get("analyze"),
+                   datasets=[data_dataset(ctx, data)])
 
 
 def compare_config(ctx: Context) -> Any:
@@ -476,6 +703,7 @@ def compare_config(ctx: Context) -> Any:
     kw = dict(ctx.spec.compare or {})
     kw.setdefault("overrides", tuple(ctx.spec.overrides_for("compare", "")))
     kw.setdefault("dataset", ctx.spec.dataset_name)
+    kw.setdefault("config_file", ctx.spec.config_file)
     kw.setdefault("cache_dir", str(ctx.store.work_dir / "compare" / "_jobs_cache"))
     cc = CompareConfig(**kw)
     cc.validate()
@@ -496,7 +724,8 @@ def step_compare(ctx: Context, data: StageRecord) -> StageRecord:
         return run_compare(data.path, out, cc, tracker=t)
 
     return execute(ctx, "compare", {"upstream": {"preprocess": data.key}, "config": settings}, compute,
-                   params={f"compare.{k}": v for k, v in settings.items()}, tags={tr.TAG_DATA_HASH: data.key})
+                   params={f"compare.{k}": v for k, v in settings.items()}, tags={tr.TAG_DATA_HASH: data.key},
+                   datasets=[data_dataset(ctx, data)])
 
 
 def step_register(ctx: Context, trained: Sequence[StageRecord]) -> dict[str, str]:
@@ -576,6 +805,8 @@ def summarize(ctx: Context, records: Mapping[str, StageRecord], evaluate: StageR
         "experiment_id": ctx.experiment_id,
         "tracking_uri": ctx.tracking_uri,
         "ui_command": tr.ui_command(ctx.tracking_uri),
+        "runs_url": tr.runs_url(ctx.tracking_uri, ctx.experiment_id),
+        "run_url": tr.runs_url(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
         "artifact_root": ctx.store.root,
         "stages": {n: {"stage": r.stage, "key": r.key, "uri": r.uri, "local_dir": r.local_dir, "cached": r.cached,
                        "source_run_id": r.run_id, "run_id": ctx.stage_runs.get(n)} for n, r in records.items()},
@@ -585,9 +816,16 @@ def summarize(ctx: Context, records: Mapping[str, StageRecord], evaluate: StageR
     }
 
 
+def failure_message(ctx: Context, error: BaseException) -> str:
+    """The flow's last log line when it fails: the error with its causes and where MLflow shows it."""
+    return (f"optinter failed: {error_text(error)}\n"
+            f"MLflow parent run {ctx.parent_run_id}: {tr.runs_url(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)}"
+            + ("" if ctx.tracking_uri.startswith(("http://", "https://")) else
+               f"\n(serve the UI with: {tr.ui_command(ctx.tracking_uri)})"))
+
+
 __all__ = [
     "Context", "open_context", "close_context", "resolve_reference", "execute", "step_synth", "step_preprocess",
     "step_search", "step_retrain", "step_train", "step_evaluate", "step_analyze", "step_compare", "step_register",
-    "step_score", "summarize",
-    "final_metrics", "MARKER",
+    "step_score", "summarize", "final_metrics", "failure_message", "error_text", "pipeline_run_name", "MARKER",
 ]

@@ -613,6 +613,7 @@ def run_analyze(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     if truth is not None:
         by = mean_mi_by_method(pairs, "planted")
         result["mean_mi_by_planted"] = {m: float(v) for m, v in by["mean_mi"].items()}
+        metrics.update({f"mi.mean_planted_{m}": v for m, v in result["mean_mi_by_planted"].items()})
         if arch is not None:
             result["planted_recovered"] = float(np.mean(pairs["planted"] == pairs["method"]))
             metrics["mi.planted_recovered"] = result["planted_recovered"]

@@ -6,6 +6,8 @@
      "pairs": {"c0|c1": "memorize", ...},               # FeatureMap pair order
      "probs": {"c0|c1": [p_m, p_f, p_n], ...},          # softmax(α), optional
      "counts": [n_memorize, n_factorize, n_naive],      # as in Table VI
+     "decision": {"decided": true, "clear_share": 0.8, ...},  # how far α moved (with probs)
+     "pair_decision": {"c0|c1": {"max_prob", "margin", "entropy"}, ...},
      "feature_map_hash": "...", "meta": {...}}
 
 ``model`` names the registered model whose re-train variant consumes it (``optinter`` or
@@ -27,6 +29,10 @@ from preprocess.feature_map import FeatureMap, fingerprint
 CHOICES = ("memorize", "factorize", "naive")
 ARCH_FILE = "architecture.json"
 ARCH_VERSION = 1
+#: A pair's choice is *clear* when its largest probability leads the runner-up by this much.
+CLEAR_MARGIN = 0.2
+#: A search is *decided* when at least this share of its pairs has a clear choice.
+DECIDED_SHARE = 0.5
 
 
 @dataclass
@@ -61,6 +67,39 @@ class Architecture:
     def count_dict(self) -> dict[str, int]:
         m, f, n = self.counts()
         return {"n_memorize": m, "n_factorize": f, "n_naive": n}
+
+    def decision(self) -> dict[str, Any]:
+        """How far the search moved the probabilities (needs ``probs``; an architecture without
+        them — fixed, random — counts as decided).
+
+        ``max_prob_*``: the pairs' largest probability (1/3 = uniform, 1 = certain);
+        ``entropy_mean``: mean entropy / log 3 (1 = uniform, 0 = certain); ``clear_share``: the
+        share of pairs whose largest probability leads the runner-up by ≥ :data:`CLEAR_MARGIN`;
+        ``decided``: ``clear_share ≥`` :data:`DECIDED_SHARE`. Per pair: :meth:`pair_decisions`."""
+        if self.probs is None or not self.pairs:
+            return {"decided": True, "clear_share": 1.0, "max_prob_mean": 1.0, "max_prob_min": 1.0,
+                    "entropy_mean": 0.0, "n_clear": len(self.pairs)}
+        p = np.clip(np.asarray(self.probs, dtype=np.float64), 1e-12, 1.0)
+        top = np.sort(p, axis=1)[:, ::-1]
+        margin = top[:, 0] - top[:, 1]
+        ent = -(p * np.log(p)).sum(axis=1) / np.log(len(CHOICES))
+        clear = margin >= CLEAR_MARGIN
+        share = float(clear.mean())
+        return {"decided": share >= DECIDED_SHARE, "clear_share": share, "n_clear": int(clear.sum()),
+                "max_prob_mean": float(top[:, 0].mean()), "max_prob_min": float(top[:, 0].min()),
+                "entropy_mean": float(ent.mean())}
+
+    def pair_decisions(self) -> dict[str, dict[str, float]]:
+        """``{pair: {"max_prob", "entropy", "margin"}}`` (entropy / log 3); empty without ``probs``."""
+        if self.probs is None:
+            return {}
+        out = {}
+        for name, row in zip(self.pairs, self.probs):
+            q = np.clip(np.asarray(row, dtype=np.float64), 1e-12, 1.0)
+            top = np.sort(q)[::-1]
+            out[name] = {"max_prob": float(top[0]), "margin": float(top[0] - top[1]),
+                         "entropy": float(-(q * np.log(q)).sum() / np.log(len(CHOICES)))}
+        return out
 
     def choice(self, pair: str) -> str:
         return self.choices[self.pairs.index(pair)]
@@ -120,6 +159,8 @@ class Architecture:
         }
         if self.probs is not None:
             d["probs"] = {p: [float(x) for x in r] for p, r in zip(self.pairs, self.probs)}
+            d["decision"] = self.decision()
+            d["pair_decision"] = self.pair_decisions()
         return d
 
     @classmethod

@@ -48,7 +48,10 @@ def register(subparsers: Any) -> None:
                    help="subset of V VI VII VIII IX fig4, space- or comma-separated (default: all)")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every job, e.g. train.epochs=2 (repeatable)")
-    c.add_argument("--dataset", default=None, help="Table IV defaults to use (default: the data's dataset name)")
+    c.add_argument("--paper", default=None, metavar="DATASET",
+                   help="Table IV settings of criteo | avazu | ipinyou instead of the defaults derived from the data")
+    c.add_argument("--config", dest="config_file", default=None, metavar="FILE",
+                   help="YAML / JSON settings (e.g. what `optinter tune` wrote) under --set")
     c.add_argument("--enlarge", nargs="+", default=None, help="Table VII models (default fm fnn ipnn deepfm)")
     c.add_argument("--random", dest="n_random", type=int, default=10, help="Table VIII random architectures")
     c.add_argument("--cross-dims", nargs="+", default=None, help="Fig. 4 memorized embedding sizes (default 2 5 10)")
@@ -83,7 +86,8 @@ def _analyze(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from .experiments import ALL_TABLES, CompareConfig, run_compare
 
-    kw: dict[str, Any] = {"seeds": args.seeds, "overrides": tuple(args.overrides), "dataset": args.dataset,
+    kw: dict[str, Any] = {"seeds": args.seeds, "overrides": tuple(args.overrides), "paper": args.paper,
+                          "config_file": args.config_file,
                           "n_random": args.n_random, "ablation_seeds": args.ablation_seeds, "cache_dir": args.cache,
                           "keep_models": args.keep_models, "tables": tuple(_flat(args.tables) or ALL_TABLES)}
     if args.models:

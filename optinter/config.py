@@ -1,18 +1,22 @@
 """Model, training and search settings as plain dataclasses, with the paper's Table IV defaults.
 
-``RunConfig`` bundles one stage's settings. ``default_config(dataset, model)`` gives the
-per-dataset defaults; ``apply_overrides(cfg, ["train.lr_o=1e-4", "model.mlp_dims=400,400"])``
-changes them with a clear error for unknown keys or bad values.
+``RunConfig`` bundles one stage's settings. ``default_config(feature_map, model)`` gives the
+defaults derived from the data (:mod:`optinter.defaults`), ``paper_config(dataset, model)`` the
+paper's Table IV; ``load_config_file(path)`` reads a YAML / JSON settings file (``--config``) and
+``apply_overrides(cfg, ["train.lr_o=1e-4", "model.mlp_dims=400,400"])`` changes settings with a
+clear error for unknown keys or bad values.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 RELAXATIONS = ("gumbel", "softmax")
 FACTORIZE_SOURCES = ("orig", "table")
+LR_SCHEDULES = ("epoch", "plateau")
 
 
 @dataclass
@@ -31,8 +35,11 @@ class ModelConfig:
     tau_end: float = 0.1
     # Optional first-order (LR) term on the original features added to OptInter's logit (the
     # "wide" part of Wide&Deep / DeepFM). Not in the paper (False = paper model); see
-    # default_config for why the small Criteo sample uses it.
+    # optinter/defaults.py for why small data sets use it.
     first_order: bool = False
+    # Output unit of OptInter's MLP initialised to zero weights: with first_order the model starts
+    # as logistic regression and the network's part grows only where training finds it useful.
+    zero_init_output: bool = False
     # Cross-product (and factorization) tables get sparse gradients and lazy Adam updates
     # (only the rows of the batch move; l2_c applies to those rows). False: dense Adam.
     sparse_cross: bool = True
@@ -77,14 +84,20 @@ class TrainConfig:
     emb_l2_o: float = 0.0
     emb_l2_c: float = 0.0
     eps: float = 1e-8
-    # learning rates of Θ (not α) are multiplied by lr_decay after every epoch (1.0 = constant)
+    # learning rates of Θ (not α) are multiplied by lr_decay: after every epoch
+    # (lr_schedule="epoch"; 1.0 = constant) or, with lr_schedule="plateau", after every epoch that
+    # does not improve the validation AUC, which also restores the best weights and optimizer state
     lr_decay: float = 1.0
+    lr_schedule: str = "epoch"
     seed: int = 2026
     device: str = "auto"  # "auto" → cuda when available, else cpu
     amp: bool = False  # mixed precision (bf16 autocast) on CUDA
     max_steps_per_epoch: int = 0  # 0 = whole epoch
     eval_batch_size: int = 8192
     search_epochs: int = 1  # search stage epochs (Algorithm 1)
+    # Θ's learning rate during the search (every group but α; 0 = lr_o / lr_c / lr_first as in
+    # training). The search keeps Θ's rates constant: train.lr_decay applies to training only.
+    search_lr: float = 0.0
     bilevel: bool = False  # alternate Θ / α updates (DARTS-style ablation, Table VIII)
     checkpoint: bool = True
     num_threads: int = 0  # 0 = torch default
@@ -97,13 +110,15 @@ class TrainConfig:
         for k in ("lr_o", "lr_c", "lr_a"):
             if getattr(self, k) <= 0:
                 raise ValueError(f"train.{k} must be positive, got {getattr(self, k)}")
-        for k in ("l2_o", "l2_c", "emb_l2_o", "emb_l2_c", "eps"):
+        for k in ("l2_o", "l2_c", "emb_l2_o", "emb_l2_c", "eps", "search_lr"):
             if getattr(self, k) < 0:
                 raise ValueError(f"train.{k} must be >= 0, got {getattr(self, k)}")
         if self.patience < 0:
             raise ValueError("train.patience must be >= 0")
         if not 0.0 < self.lr_decay <= 1.0:
             raise ValueError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
 
 
 @dataclass
@@ -169,17 +184,16 @@ def paper_config(dataset: str = "synthetic", model: str = "optinter") -> RunConf
     return cfg
 
 
-# Defaults for the Criteo *sample* shipped with the project (/work/shared/data/criteo/split:
-# 109,711 / 13,714 / 13,714 rows, ~400x smaller than the paper's 45M rows). Table IV's settings
-# are tuned for the full data; on the sample (chosen on the validation split only, figures in
-# benchmarks/criteo_table.py and its README entry):
+# Why the data-derived defaults (optinter/defaults.py) take the values they take at the size of
+# the shipped Criteo sample (shared/data/criteo/split: 109,711 / 13,714 / 13,714 rows, ~400x
+# smaller than the paper's 45M rows), chosen there on the validation split only:
 # * LR at lr_o = 5e-4 is still under-fitted after 10 epochs (valid 0.750) -> lr_o = 3e-3,
 #   batch 500 (more, smaller steps: valid 0.7579, test 0.7627; sklearn LR reaches 0.7632);
 # * a 700x5 MLP over-fits in its first epoch (and costs ~10 s a step on 2 CPU cores) -> a
-#   128x128 MLP with dropout 0.3, s1 = s2 = 10, lr_o = 5e-4;
+#   128x128 MLP with dropout 0.3, s1 = 10, lr_o = 5e-4;
 # * memorized cross-product tables over-fit first -> lr_c = 1e-4 (Table IV's lr_c < lr_o);
 # * lr_a = 3e-5 moves α by ~1e-3 in a one-epoch search (argmax = initialisation noise) ->
-#   lr_a = 1e-2 over 2 search epochs of 220 steps (τ 1 -> 0.1);
+#   lr_a = 1e-2 over 2 search epochs of 220 steps (α can travel ~4 logits);
 # * OptInter models get the optional first-order term (model.first_order, not in the paper;
 #   its weights at lr_first = 3e-3 like LR): at this size the logistic part carries most of the
 #   signal and the MLP alone does not recover it before it over-fits (optinter_f, MLP 256x256,
@@ -187,56 +201,49 @@ def paper_config(dataset: str = "synthetic", model: str = "optinter") -> RunConf
 # * OptInter models: L2 3e-3 on the looked-up original embeddings (train.emb_l2_o, as the
 #   authors' code regularizes looked-up rows): search + re-train valid 0.7563 -> 0.7572
 #   (1e-2: 0.7557);
-# * every model: learning rates halved after each epoch (train.lr_decay = 0.5; the models peak
-#   after 2-3 epochs and a constant step overshoots): valid lr 0.7579 -> 0.7581, deepfm
-#   0.7549 -> 0.7560, optinter_f 0.7576 -> 0.7591 (0.3: 0.7585), optinter_m (s2 = 2)
+# * every model: learning rates halved after each epoch of 220 steps (train.lr_decay = 0.5; the
+#   models peak after 2-3 epochs and a constant step overshoots): valid lr 0.7579 -> 0.7581,
+#   deepfm 0.7549 -> 0.7560, optinter_f 0.7576 -> 0.7591 (0.3: 0.7585), optinter_m (s2 = 2)
 #   0.7582 -> 0.7588;
 # * OptInter models: s2 = 2 (the paper's Fig. 4 knob; Table IV uses 2 on iPinYou): a 2-wide
 #   memorized embedding over-fits far less at 110k rows (optinter_m valid: s2 = 10 0.7562,
-#   4 0.7567, 2 0.7582, 1 0.7579; search + re-train with the decay: s2 = 10 0.7564, s2 = 2 0.7590).
-# ``paper_config(dataset, model)`` (or the override set PAPER_OVERRIDES[dataset]) gives Table IV.
-_SAMPLE_COMMON: dict[str, dict[str, Any]] = {
-    "criteo": {"model.embed_dim": 10, "model.cross_embed_dim": 10, "model.mlp_dims": (128, 128),
-               "model.dropout": 0.3, "train.batch_size": 500, "train.lr_o": 5e-4, "train.lr_c": 1e-4,
-               "train.lr_decay": 0.5},
-}
-_OPTINTER_SAMPLE = {"model.first_order": True, "train.lr_first": 3e-3, "train.lr_a": 1e-2, "train.search_epochs": 2,
-                    "train.emb_l2_o": 3e-3, "model.cross_embed_dim": 2}
-_SAMPLE_MODEL: dict[str, dict[str, dict[str, Any]]] = {
-    "criteo": {
-        # Shallow models have few parameters and converge slowly at lr 5e-4: a larger step.
-        "lr": {"train.lr_o": 3e-3},
-        # Poly2: 325 OOV cross weights act as 325 copies of the bias, so the cross group needs a
-        # small step and L2 on the looked-up weights (valid 0.7332 at lr_c 3e-3 -> 0.7590).
-        "poly2": {"train.lr_o": 3e-3, "train.emb_l2_c": 1e-2},
-        "fm": {"train.lr_o": 3e-3},
-        "fwfm": {"train.lr_o": 3e-3},
-        "fmfm": {"train.lr_o": 3e-3},
-        "optinter": dict(_OPTINTER_SAMPLE),
-        "optinter_f": dict(_OPTINTER_SAMPLE),
-        "optinter_m": dict(_OPTINTER_SAMPLE),
-    },
-}
-
+#   4 0.7567, 2 0.7582, 1 0.7579; search + re-train with the decay: s2 = 10 0.7564, s2 = 2 0.7590);
+# * Poly2: 325 OOV cross weights act as 325 copies of the bias, so the cross group needs L2 on the
+#   looked-up weights (valid 0.7332 at lr_c 3e-3 -> 0.7590 with emb_l2_c = 1e-2).
+# optinter/defaults.py states each of these as a rule of the data's statistics, so the same
+# reasoning carries to other sizes; ``paper_config(dataset, model)`` (or the override set
+# PAPER_OVERRIDES[dataset]) gives Table IV.
 PAPER_OVERRIDES: dict[str, dict[str, Any]] = {d: dict(v) for d, v in _TABLE_IV.items()}
+PAPER_DATASETS = tuple(_TABLE_IV)
 
 
-def default_config(dataset: str = "synthetic", model: str = "optinter") -> RunConfig:
-    """Per-dataset defaults: :func:`paper_config` (Table IV), refined for the shipped Criteo
-    sample when ``dataset == "criteo"`` (see the comment above ``_SAMPLE_COMMON``: smaller MLP
-    and embeddings, dropout, larger learning rates for the few steps available, a search whose
-    α converges, and OptInter's optional first-order term).
-    Use ``paper_config`` for the exact Table IV settings."""
-    cfg = paper_config(dataset, model)
-    overrides = dict(_SAMPLE_COMMON.get(dataset, {}))
-    overrides.update(_SAMPLE_MODEL.get(dataset, {}).get(model, {}))
-    _apply(cfg, overrides)
-    return cfg
+def default_config(source: Any = None, model: str = "optinter") -> RunConfig:
+    """The defaults of ``model``: derived from the data when ``source`` is a
+    :class:`~preprocess.feature_map.FeatureMap` or :class:`optinter.defaults.DataStats`
+    (:func:`optinter.defaults.resolve_defaults`), the library's dataclass defaults when it is
+    None (for checking override keys before any data exists). A dataset *name* is refused: the
+    defaults never depend on it (use :func:`paper_config` for the paper's per-dataset settings)."""
+    if source is None:
+        return RunConfig()
+    if isinstance(source, str):
+        raise TypeError("default_config takes a FeatureMap or DataStats, not a dataset name; "
+                        "use paper_config(dataset, model) for Table IV")
+    from .defaults import DataStats, resolve_defaults
+
+    stats = source if isinstance(source, DataStats) else DataStats.from_feature_map(source)
+    return resolve_defaults(stats, model).config
 
 
 def _coerce(current: Any, raw: Any, key: str) -> Any:
     if not isinstance(raw, str):
-        return tuple(raw) if isinstance(current, tuple) else raw
+        ok = (isinstance(raw, bool) if isinstance(current, bool)
+              else isinstance(raw, int) and not isinstance(raw, bool) if isinstance(current, int)
+              else isinstance(raw, (int, float)) and not isinstance(raw, bool) if isinstance(current, float)
+              else isinstance(raw, (list, tuple)) and all(isinstance(x, int) for x in raw)
+              if isinstance(current, tuple) else True)
+        if not ok:
+            raise ValueError(f"config override {key}={raw!r}: expected a {type(current).__name__}")
+        return tuple(raw) if isinstance(current, tuple) else float(raw) if isinstance(current, float) else raw
     try:
         if isinstance(current, bool):
             if raw.lower() in ("1", "true", "yes", "on"):
@@ -281,3 +288,55 @@ def apply_overrides(cfg: RunConfig, overrides: Iterable[str] | dict[str, Any]) -
     _apply(cfg, overrides)
     cfg.validate()
     return cfg
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a YAML or JSON file (``--config FILE``, what ``optinter tune`` writes), as a
+    flat ``{"section.key": value}`` dict checked against the dataclasses.
+
+    Accepted shapes: nested ``{"model": {"embed_dim": 8}, "train": {"lr_o": 1e-3}}`` or flat
+    ``{"model.embed_dim": 8, "train.lr_o": 1e-3}``; other top-level keys of a tuning result
+    (``tuned``: what was tuned and how well) are ignored. An unknown key, a bad value or a file
+    that is not a mapping is a ``ValueError`` naming the file and the key."""
+    import json
+
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--config {p}: no such file")
+    text = p.read_text()
+    try:
+        raw = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        raise ValueError(f"--config {p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"--config {p}: expected a mapping of model.* / train.* settings, got {type(raw).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in CONFIG_FILE_META_KEYS:
+            continue
+        if key in ("model", "train"):
+            if not isinstance(value, dict):
+                raise ValueError(f"--config {p}: key {key!r} must be a mapping")
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[str(key)] = value
+    try:
+        apply_overrides(RunConfig(), flat)  # unknown keys / bad values, before any training
+    except ValueError as e:
+        raise ValueError(f"--config {p}: {e}") from None
+    return flat
+
+
+#: Top-level keys of a config file that are information, not settings.
+CONFIG_FILE_META_KEYS = ("tuned",)
+
+
+def merged_config(base: RunConfig, config_file: str | Path | None = None,
+                  overrides: Iterable[str] | dict[str, Any] = ()) -> RunConfig:
+    """``base`` (defaults), then the settings of ``config_file``, then ``overrides`` (``--set``)."""
+    cfg = apply_overrides(base, load_config_file(config_file)) if config_file else base
+    return apply_overrides(cfg, overrides)

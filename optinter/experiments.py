@@ -41,10 +41,10 @@ import pandas as pd
 from preprocess.atomic import atomic_output_dir
 from preprocess.feature_map import FeatureMap, fingerprint
 
-from .config import RunConfig, apply_overrides, default_config
+from .config import RunConfig, default_config, merged_config, paper_config
 from .report import REPORT_FILE, write_report
 from .stats import fmt_mean_std, fmt_p, fmt_params, mean_std, paired_ttest
-from .tracking import Tracker, as_tracker
+from .tracking import TAG_STEP, Tracker, as_tracker
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,9 @@ class CompareConfig:
     seeds: int = 3  # seeds per model (paper: 10); seed i uses train.seed + i
     tables: tuple[str, ...] = ALL_TABLES
     overrides: tuple[str, ...] = ()  # "key=value" applied to every job's config
-    dataset: str | None = None  # Table IV defaults; None = feature_map.json's dataset
+    dataset: str | None = None  # a label for the tables; None = feature_map.json's dataset
+    paper: str | None = None  # Table IV settings of this dataset instead of the data-derived defaults
+    config_file: str | None = None  # YAML / JSON settings (e.g. `optinter tune`'s) under ``overrides``
     enlarge_models: tuple[str, ...] = ("fm", "fnn", "ipnn", "deepfm")  # Table VII
     n_random: int = 10  # Table VIII random architectures
     fig4_cross_dims: tuple[int, ...] = (2, 5, 10)  # Fig. 4 memorized embedding sizes
@@ -109,6 +111,10 @@ class CompareConfig:
             raise ValueError(f"compare: fig4_cross_dims must be positive, got {self.fig4_cross_dims}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"compare: alpha must be in (0, 1), got {self.alpha}")
+        from .config import PAPER_DATASETS
+
+        if self.paper is not None and self.paper not in PAPER_DATASETS:
+            raise ValueError(f"compare: paper must be one of {PAPER_DATASETS}, got {self.paper!r}")
 
     @property
     def n_ablation(self) -> int:
@@ -303,8 +309,8 @@ class _Runner:
         self._done: dict[str, dict[str, Any]] = {}
 
     def config(self, job: Job) -> RunConfig:
-        base = default_config(self.dataset, job.model)
-        cfg = apply_overrides(base, list(self.cc.overrides) + list(job.extra))
+        base = paper_config(self.cc.paper, job.model) if self.cc.paper else default_config(self.fm, job.model)
+        cfg = merged_config(base, self.cc.config_file, list(self.cc.overrides) + list(job.extra))
         cfg.train.seed = cfg.train.seed + job.seed_index
         return cfg
 
@@ -315,8 +321,10 @@ class _Runner:
             return self._done[key]
         tr = None
         if self.cache.get(key) is None:
-            tr = self.children.open(job.label, {"optinter.model": job.model, "optinter.compare_table": table,
-                                                "optinter.seed": cfg.train.seed, "optinter.compare_key": key})
+            # named by job and short key: jobs of other settings read apart across compare runs
+            tr = self.children.open(f"{job.label} {key[:8]}", {
+                TAG_STEP: job.label, "optinter.model": job.model, "optinter.compare_table": table,
+                "optinter.seed": cfg.train.seed, "optinter.compare_key": key})
         log.info("compare [%s]: %s (key %s)", table, job.label, key)
         ok = False
         try:
@@ -505,42 +513,29 @@ def plot_fig4(points: pd.DataFrame, out_png: Path, dataset: str) -> Path:
 class _ChildRuns:
     """Makes one child tracker (nested MLflow run) per newly trained job, and closes it.
 
-    ``factory(name, tags) -> Tracker`` when given; else ``tracker.child`` when the parent tracker
-    has one; else, for an :class:`~optinter.tracking.MlflowTracker`, a run nested under it
-    (``optinter.tracking.start_run``); else none (jobs are then only summarized on the parent).
+    ``factory(name, tags) -> Tracker`` when given; else ``tracker.child`` (a nested MLflow run for
+    an :class:`~optinter.tracking.MlflowTracker`); else none (jobs are then only summarized on the
+    parent).
     """
 
     def __init__(self, tracker: Tracker | None,
                  factory: Callable[[str, Mapping[str, Any]], Tracker | None] | None = None) -> None:
         self._factory = factory
-        self._mlflow: tuple[Any, str, str | None] | None = None
-        if factory is None and callable(getattr(tracker, "child", None)):
-            self._factory = tracker.child  # type: ignore[union-attr]
-        elif factory is None and tracker is not None:
-            from . import tracking
+        if factory is None and tracker is not None and callable(getattr(tracker, "child", None)):
+            from .tracking import TAG_STAGE
 
-            if isinstance(tracker, tracking.MlflowTracker) and hasattr(tracking, "start_run"):
-                uri = getattr(tracker.client, "tracking_uri", None)
-                exp = tracker.client.get_run(tracker.run_id).info.experiment_id
-                self._mlflow = (tracking, exp, uri)
-                self._parent = tracker.run_id
+            parent = tracker
+            self._factory = lambda name, tags: parent.child(name, {**tags, TAG_STAGE: "compare-job"})
 
     def open(self, name: str, tags: Mapping[str, Any]) -> Tracker | None:
         if self._factory is not None:
             return self._factory(name, tags)
-        if self._mlflow is not None:
-            tracking, exp, uri = self._mlflow
-            run_id = tracking.start_run(exp, name, {**tags, tracking.TAG_STAGE: "compare-job"},
-                                        parent_run_id=self._parent, tracking_uri=uri)
-            return tracking.MlflowTracker(run_id, tracking_uri=uri)
         return None
 
     def close(self, tracker: Tracker | None, ok: bool) -> None:
         if tracker is None:
             return
-        if self._mlflow is not None and getattr(tracker, "run_id", None):
-            self._mlflow[0].end_run(tracker.run_id, "FINISHED" if ok else "FAILED", self._mlflow[2])
-        elif callable(getattr(tracker, "end", None)):
+        if callable(getattr(tracker, "end", None)):
             tracker.end("FINISHED" if ok else "FAILED")  # type: ignore[attr-defined]
 
 
@@ -576,7 +571,8 @@ def run_compare(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     n, na = cc.seeds, cc.n_ablation
     tables = set(cc.tables)
     tr.log_params({f"compare.{k}": (",".join(map(str, v)) if isinstance(v, tuple) else v)
-                   for k, v in dataclasses.asdict(cc).items()})
+                   for k, v in dataclasses.asdict(cc).items() if k != "cache_dir"})
+    tr.set_tags({"compare.cache_dir": str(cache_dir)})  # a machine path: a tag, not a param
     log.info("compare: tables %s; models %s; %d seeds (%d for ablations); cache %s",
              ",".join(cc.tables), ",".join(models), n, na, cache_dir)
 

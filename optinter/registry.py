@@ -119,7 +119,15 @@ def build_model(
             raise ValueError(f"model {name!r} takes no architecture")
         model = MODELS[name](feature_map, cfg)
     model.name = name
+    _start_from_base_rate(model, feature_map)
     return model
+
+
+def _start_from_base_rate(model: CTRModel, feature_map: FeatureMap) -> None:
+    """Output bias = the train split's log-odds (when the feature map has a train split)."""
+    train = feature_map.splits.get("train")
+    if train is not None and train.rows > 0:
+        model.init_base_rate(train.pos_ratio)
 
 
 def build_search_model(name: str, feature_map: FeatureMap, cfg: ModelConfig) -> CTRModel:
@@ -130,4 +138,5 @@ def build_search_model(name: str, feature_map: FeatureMap, cfg: ModelConfig) -> 
         raise ValueError(f"model {name!r} has no search variant; models with one: {known}")
     model = SEARCH_MODELS[name](feature_map, cfg)
     model.name = f"{name}_search"
+    _start_from_base_rate(model, feature_map)
     return model

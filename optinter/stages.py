@@ -36,7 +36,7 @@ from .models.base import CTRModel
 from .registry import available_models, build_model, build_search_model, has_search_variant, needs_architecture
 from .search import evaluate_without_retrain, search
 from .tracking import Tracker, as_tracker
-from .train import FitResult, evaluate, fit, resolve_device, seed_everything
+from .train import FitResult, evaluate, final_metric_name, fit, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,9 @@ def _fingerprint(stage: str, name: str, cfg: RunConfig, fmap: FeatureMap, arch: 
 
 
 def _log_start(tr: Tracker, stage: str, name: str, cfg: RunConfig, data_dir: str | Path, fmap: FeatureMap) -> None:
-    tr.set_tags({"stage": stage, "model": name, "dataset": fmap.dataset})
-    tr.log_params({**cfg.flat(), "stage": stage, "model": name, "data_dir": str(data_dir),
-                   "feature_map_hash": fmap.content_hash})
+    # the data folder is a machine path: a tag, not a param (params are compared across runs)
+    tr.set_tags({"stage": stage, "model": name, "dataset": fmap.dataset, "data_dir": str(data_dir)})
+    tr.log_params({**cfg.flat(), "stage": stage, "model": name, "feature_map_hash": fmap.content_hash})
 
 
 def _setup(cfg: RunConfig) -> torch.device:
@@ -149,12 +149,29 @@ def save_bundle(out: Path, name: str, model: CTRModel, cfg: RunConfig, fmap: Fea
     export_encoder(data_dir, out / ENCODER_DIR, model.required_pairs())
 
 
-def _finish(tr: Tracker, out: Path, metrics: dict[str, Any]) -> None:
-    # Logged at the last epoch's step (and later in time), so MLflow's "latest value" of a key that
-    # also has a per-epoch history (valid_auc, samples_per_s) is the final, selected-model figure.
+CONFIG_FILE = "config.json"
+
+
+def _write_config(path: Path, cfg: RunConfig, fmap: FeatureMap, model: str) -> None:
+    """``config.json``: the settings the stage ran with, the data statistics the defaults read,
+    why each default has its value, and which settings differ from those defaults."""
+    from .config import default_config
+    from .defaults import data_config
+
+    resolved = data_config(fmap, model)
+    ran, dflt = cfg.flat(), default_config(fmap, model).flat()
+    _write_json(path, {"config": cfg.to_dict(), "data_stats": resolved.stats.to_dict() if resolved.stats else {},
+                       "default_reasons": resolved.reasons,
+                       "differs_from_defaults": {k: {"ran": v, "default": dflt.get(k)}
+                                                 for k, v in ran.items() if dflt.get(k) != v and k != "train.seed"}})
+
+
+def _finish(tr: Tracker, out: Path, metrics: dict[str, Any], prefixes: tuple[str, ...] = ("",)) -> None:
+    # ``prefixes``: the metric prefixes fit() logged per-epoch curves with; a final figure of such a
+    # curve gets its own name (valid_auc → best_valid_auc) instead of one more point on the curve.
     step = int(metrics.get("epochs") or 0)
-    tr.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                   step=step)
+    tr.log_metrics({final_metric_name(k, prefixes): float(v) for k, v in metrics.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
     for f in sorted(out.iterdir()):
         if f.suffix == ".json":
             tr.log_artifact(f)
@@ -193,8 +210,20 @@ def _search_core(data_dir: str | Path, fmap: FeatureMap, cfg: RunConfig, model_n
         "noretrain_expected_test_auc": expected_test["auc"],
         "noretrain_expected_test_logloss": expected_test["logloss"],
         "bilevel": cfg.train.bilevel,
+        **decision_metrics(arch),
     })
+    if not metrics["search_decided"]:
+        tracker.set_tags({"optinter.search_undecided": "true"})
     return arch, metrics
+
+
+def decision_metrics(arch: Architecture) -> dict[str, Any]:
+    """``search_decided`` (bool), ``search_clear_share``, ``search_max_prob_mean`` /
+    ``_min``, ``search_entropy_mean`` of :meth:`Architecture.decision`."""
+    d = arch.decision()
+    return {"search_decided": bool(d["decided"]), "search_clear_share": d["clear_share"],
+            "search_max_prob_mean": d["max_prob_mean"], "search_max_prob_min": d["max_prob_min"],
+            "search_entropy_mean": d["entropy_mean"]}
 
 
 def run_search(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, tracker: Tracker | None = None,
@@ -215,8 +244,9 @@ def run_search(data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, tracke
         metrics["wall_seconds"] = time.perf_counter() - t0
         arch.save(tmp / ARCH_FILE)
         _write_json(tmp / METRICS_FILE, metrics)
+        _write_config(tmp / CONFIG_FILE, cfg, fmap, model)
     shutil.rmtree(work, ignore_errors=True)
-    _finish(tr, Path(out_dir), metrics)
+    _finish(tr, Path(out_dir), metrics, ("search_",))
     log.info("search done: %s", _summary(metrics))
     return metrics
 
@@ -265,6 +295,7 @@ def run_retrain(data_dir: str | Path, arch_path: str | Path, out_dir: str | Path
         metrics["wall_seconds"] = time.perf_counter() - t0
         arch.save(tmp / ARCH_FILE)
         _write_json(tmp / METRICS_FILE, metrics)
+        _write_config(tmp / CONFIG_FILE, cfg, fmap, arch.model)
     shutil.rmtree(work, ignore_errors=True)
     _finish(tr, Path(out_dir), metrics)
     _log_model(tr, Path(out_dir))
@@ -299,10 +330,12 @@ def run_train(data_dir: str | Path, model_name: str, out_dir: str | Path, cfg: R
         if search_metrics is not None:
             metrics["search_seconds"] = search_metrics["seconds"]
             metrics["noretrain_test_auc"] = search_metrics["test_auc"]
+            metrics.update({k: v for k, v in search_metrics.items() if k.startswith("search_") and k != "search_seconds"})
         metrics["wall_seconds"] = time.perf_counter() - t0
         _write_json(tmp / METRICS_FILE, metrics)
+        _write_config(tmp / CONFIG_FILE, cfg, fmap, model_name)
     shutil.rmtree(work, ignore_errors=True)
-    _finish(tr, Path(out_dir), metrics)
+    _finish(tr, Path(out_dir), metrics, ("search_", "") if searched else ("",))
     _log_model(tr, Path(out_dir))
     log.info("train done: %s", _summary(metrics))
     return metrics

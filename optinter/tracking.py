@@ -10,11 +10,14 @@ tracker always addresses its run by id through ``MlflowClient`` instead of the f
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import socket
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,14 @@ class Tracker(Protocol):
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+    def child(self, name: str, tags: Mapping[str, Any] | None = None) -> "Tracker":
+        """A tracker of a run nested under this one (a tuning trial, a compare job)."""
+        ...
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Close this tracker's run (``FINISHED``, ``FAILED``, ``KILLED``); a no-op where runs are not closed."""
+        ...
 
 
 class NullTracker:
@@ -56,6 +67,12 @@ class NullTracker:
     def log_model(self, bundle_dir: str | Path) -> None:  # noqa: D102 — optional: trained-model logging
         pass
 
+    def child(self, name: str, tags: Mapping[str, Any] | None = None) -> "Tracker":  # noqa: D102
+        return NullTracker()
+
+    def end(self, status: str = "FINISHED") -> None:  # noqa: D102
+        pass
+
 
 class RecordingTracker(NullTracker):
     """In-memory tracker for tests: keeps everything it is given."""
@@ -66,6 +83,17 @@ class RecordingTracker(NullTracker):
         self.tags: dict[str, Any] = {}
         self.artifacts: list[tuple[str, str | None]] = []
         self.models: list[str] = []
+        self.children: list[tuple[str, dict[str, Any], RecordingTracker]] = []
+        self.status: str | None = None
+
+    def child(self, name: str, tags: Mapping[str, Any] | None = None) -> "RecordingTracker":  # noqa: D102
+        c = RecordingTracker()
+        c.tags.update(tags or {})
+        self.children.append((name, dict(tags or {}), c))
+        return c
+
+    def end(self, status: str = "FINISHED") -> None:  # noqa: D102
+        self.status = status
 
     def log_params(self, params: Mapping[str, Any]) -> None:  # noqa: D102
         self.params.update(params)
@@ -116,7 +144,17 @@ class MlflowTracker:
         from mlflow.tracking import MlflowClient
 
         self.run_id = run_id
+        self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    def child(self, name: str, tags: Mapping[str, Any] | None = None) -> "MlflowTracker":
+        """A new run nested under this one, in the same experiment."""
+        exp = self.client.get_run(self.run_id).info.experiment_id
+        return MlflowTracker(start_run(exp, name, tags, parent_run_id=self.run_id, tracking_uri=self.tracking_uri),
+                             tracking_uri=self.tracking_uri)
+
+    def end(self, status: str = "FINISHED") -> None:
+        end_run(self.run_id, status, self.tracking_uri)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -156,9 +194,12 @@ class MlflowTracker:
 
     def log_model(self, bundle_dir: str | Path) -> None:
         """The trained model in ``bundle_dir`` as an MLflow pyfunc model at ``runs:/<run id>/model``."""
-        from .pyfunc import log_pyfunc_model
+        import importlib
 
-        log_pyfunc_model(self.client, self.run_id, bundle_dir)
+        # imported by a computed name: the MLflow model writes nothing into a stage's folder, so the
+        # stages' code fingerprints (flows.cache, which reads import statements) need not cover it
+        pyfunc = importlib.import_module(f"{__package__}.pyfunc")
+        pyfunc.log_pyfunc_model(self.client, self.run_id, bundle_dir)
 
 
 def as_tracker(tracker: Tracker | None) -> Tracker:
@@ -179,6 +220,9 @@ OFFLINE_ENV: dict[str, str] = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 
+#: Set beside :data:`OFFLINE_ENV`: no progress bar per artifact copied from run to run.
+QUIET_ENV: dict[str, str] = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
 # Tags every optinter run carries (so the MLflow UI's compare view and searches line up).
 TAG_STAGE = "stage"
 TAG_MODEL = "model"
@@ -190,17 +234,31 @@ TAG_KEY = "optinter.stage_key"
 TAG_OUTPUT = "optinter.output_uri"
 TAG_SOURCE_RUN = "optinter.source_run_id"
 TAG_ERROR = "optinter.error"
+#: The step a run belongs to (``retrain:optinter``, ``train:fm``…): run names also carry a short key.
+TAG_STEP = "optinter.step"
+#: ``host:pid:start time`` of the process that created the run (finds runs left ``RUNNING`` by a dead one).
+TAG_OWNER = "optinter.owner"
+#: Why a run was marked ``KILLED``.
+TAG_KILLED = "optinter.killed_reason"
+#: JSON list of the user's overrides of the pipeline run (inherited by a later ``from_run``).
+TAG_OVERRIDES = "optinter.overrides"
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
+#: Base URL of the MLflow UI in printed links, when it differs from the tracking URI (e.g. the
+#: compose network's ``http://mlflow:5000`` is ``http://localhost:5000`` on the host).
+UI_URL_ENV = "OPTINTER_MLFLOW_UI_URL"
+#: Where ``mlflow ui`` listens by default.
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
 
 
 def apply_offline_env(prefect_home: str | Path | None = None) -> dict[str, str]:
-    """Set :data:`OFFLINE_ENV` (and ``PREFECT_HOME`` if given) in ``os.environ`` unless already set.
+    """Set :data:`OFFLINE_ENV`, :data:`QUIET_ENV` (and ``PREFECT_HOME`` if given) in ``os.environ``
+    unless already set.
 
     Returns the variables it set. Call it before Prefect is imported: Prefect reads some settings
     once at import time.
     """
-    wanted = dict(OFFLINE_ENV)
+    wanted = {**OFFLINE_ENV, **QUIET_ENV}
     if prefect_home is not None:
         wanted["PREFECT_HOME"] = str(Path(prefect_home).resolve())
     applied = {}
@@ -234,8 +292,21 @@ def default_artifact_location(tracking_uri: str) -> str | None:
     return (db.parent / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
 
 
+def runs_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment's runs table (or of one run).
+
+    MLflow 3 opens an experiment on its GenAI overview; ``#/experiments/<id>/runs`` with
+    ``workflowType=machine_learning`` is the runs table. The base is ``$OPTINTER_MLFLOW_UI_URL``,
+    else an ``http(s)://`` tracking URI, else where ``mlflow ui`` listens by default.
+    """
+    base = os.environ.get(UI_URL_ENV) or (tracking_uri if tracking_uri.startswith(("http://", "https://"))
+                                          else DEFAULT_UI_URL)
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
+
+
 def ui_command(tracking_uri: str) -> str:
-    """The shell command that opens the MLflow UI on ``tracking_uri``."""
+    """The shell command that serves the MLflow UI on a local ``tracking_uri`` (a server needs none)."""
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri} in a browser"
     return f"mlflow ui --backend-store-uri {tracking_uri}"
@@ -273,8 +344,10 @@ def start_run(experiment_id: str, run_name: str, tags: Mapping[str, Any] | None 
     """Create a run (nested under ``parent_run_id`` when given) and return its id.
 
     Uses ``MlflowClient`` (no thread-local active run), so it is safe from Prefect's task threads.
+    The run is tagged with this process (:data:`TAG_OWNER`), so that a later run can tell it was
+    left ``RUNNING`` by a process that died (:func:`mark_stale_runs`).
     """
-    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+    all_tags = {TAG_OWNER: process_owner(), **{k: str(v) for k, v in (tags or {}).items()}}
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     run = _client(tracking_uri).create_run(experiment_id, run_name=run_name, tags=all_tags)
@@ -284,6 +357,104 @@ def start_run(experiment_id: str, run_name: str, tags: Mapping[str, Any] | None 
 def end_run(run_id: str, status: str = "FINISHED", tracking_uri: str | None = None) -> None:
     """Mark a run ``FINISHED``, ``FAILED`` or ``KILLED``."""
     _client(tracking_uri).set_terminated(run_id, status=status)
+
+
+def terminal_status(error: BaseException | None) -> str:
+    """The MLflow status of a run that ended with ``error``: ``FINISHED`` without one, ``KILLED``
+    for an interruption (Ctrl-C, a termination signal, an exit: not an ``Exception``), else ``FAILED``."""
+    if error is None:
+        return "FINISHED"
+    return "FAILED" if isinstance(error, Exception) else "KILLED"
+
+
+# ---- runs left RUNNING by a process that died (kill -9, OOM killer, power loss) ---------------------------
+
+def _start_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def process_owner(pid: int | None = None) -> str:
+    """``host:pid:start time`` of a process (this one by default): unique even when pids are reused."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0:.2f}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """Whether the process named by a :func:`process_owner` string still runs; ``None`` when it ran
+    on another host (or the string is not one), which this process cannot check."""
+    try:
+        host, pid, started = owner.rsplit(":", 2)
+        pid_i, started_f = int(pid), float(started)
+    except ValueError:
+        return None
+    if host != socket.gethostname():
+        return None
+    now = _start_time(pid_i)
+    return now is not None and abs(now - started_f) < 1.0  # a new process with a reused pid is another one
+
+
+def mark_stale_runs(experiment_id: str, tracking_uri: str | None = None, found_by: str = "") -> list[str]:
+    """Mark ``KILLED`` every ``RUNNING`` run of the experiment whose process (:data:`TAG_OWNER`) is
+    gone, with a :data:`TAG_KILLED` tag saying so; returns their ids. Runs of processes on other
+    hosts are left alone (a run on their host marks them)."""
+    client = _client(tracking_uri)
+    stale: list[tuple[str, str]] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                  max_results=1000, page_token=token)
+        for run in page:
+            owner = run.data.tags.get(TAG_OWNER)
+            if owner and owner_alive(owner) is False:
+                stale.append((run.info.run_id, owner))
+        token = page.token
+        if not token:
+            break
+    for run_id, owner in stale:
+        host, pid, _ = owner.rsplit(":", 2)
+        reason = f"process {pid} on {host} that ran it ended without closing it"
+        client.set_tag(run_id, TAG_KILLED, reason + (f" (found by run {found_by})" if found_by else ""))
+        client.set_terminated(run_id, status="KILLED")
+    if stale:
+        log.warning("marked %d MLflow runs KILLED: left RUNNING by processes that are gone", len(stale))
+    return [r for r, _ in stale]
+
+
+# ---- inputs logged by reference ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A data set a run reads, logged as an MLflow dataset input (a reference, nothing is copied).
+
+    ``digest`` is a content hash, so MLflow stores each data set once per experiment however many
+    runs read it; ``source`` is where it lives (a path or URL); ``context`` the input's role.
+    """
+
+    name: str
+    digest: str
+    source: str
+    context: str = "source"
+    profile: Mapping[str, Any] | None = None
+
+
+def log_datasets(run_id: str, refs: Sequence[DatasetRef], tracking_uri: str | None = None) -> None:
+    """Log ``refs`` as dataset inputs of run ``run_id``."""
+    if not refs:
+        return
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for r in refs:
+        scheme = r.source.split("://", 1)[0] if "://" in r.source else "local"
+        ds = Dataset(name=r.name, digest=r.digest, source_type=scheme, source=json.dumps({"uri": r.source}),
+                     profile=json.dumps(dict(r.profile), sort_keys=True) if r.profile else None)
+        inputs.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", r.context)]))
+    _client(tracking_uri).log_inputs(run_id, datasets=inputs)
 
 
 def get_run(run_id: str, tracking_uri: str | None = None):

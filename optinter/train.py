@@ -328,6 +328,56 @@ class FitResult:
         return asdict(self)
 
 
+def _optimizer_states(optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+    """A detached CPU copy of every optimizer's state (``lr_schedule="plateau"`` goes back to it)."""
+    def copy(v: Any) -> Any:
+        if torch.is_tensor(v):
+            return v.detach().cpu().clone()
+        if isinstance(v, dict):
+            return {k: copy(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [copy(x) for x in v]
+        return v
+
+    return {k: copy(o.state_dict()) for k, o in optimizers.items()}
+
+
+def _restore_best(
+    model: CTRModel, optimizers: dict[str, torch.optim.Optimizer], best_state: dict[str, Any] | None,
+    best_opt_state: dict[str, Any] | None, best_path: Path | None,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Load the best epoch's weights and optimizer state (from memory, or ``best.pt`` after a
+    resume); the learning rates are set again at the start of the next epoch."""
+    if best_state is None and best_path is not None and best_path.exists():
+        ck = load_checkpoint(best_path) or {}
+        best_state, best_opt_state = ck.get("model"), ck.get("optimizers")
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    if best_opt_state is not None:
+        for k, opt in optimizers.items():
+            if k in best_opt_state:
+                opt.load_state_dict(best_opt_state[k])
+    return best_state, best_opt_state
+
+
+#: Per-epoch metrics :func:`fit` logs at steps 1..epochs (keys prefixed with its ``metric_prefix``).
+EPOCH_METRICS = ("train_loss", "valid_auc", "valid_logloss", "samples_per_s", "tau")
+#: The final figure of a per-epoch metric is logged under its own name, not as one more point of the curve.
+FINAL_METRIC_NAMES = {"valid_auc": "best_valid_auc", "valid_logloss": "best_valid_logloss",
+                      "samples_per_s": "mean_samples_per_s"}
+
+
+def final_metric_name(key: str, prefixes: Iterable[str] = ("",)) -> str:
+    """The name under which a final figure ``key`` is logged after :func:`fit` ran with each of
+    ``prefixes``: ``valid_auc`` → ``best_valid_auc`` (``search_valid_auc`` → ``search_best_valid_auc``)
+    when that run logged a ``valid_auc`` curve; other keys unchanged."""
+    for p in prefixes:
+        base = key[len(p):] if key.startswith(p) else None
+        if base in FINAL_METRIC_NAMES:
+            return p + FINAL_METRIC_NAMES[base]
+    return key
+
+
 def _cycle(loader: Any, train_epoch: int) -> Iterator[Batch]:
     """Endless validation batches for the bi-level α updates; the order depends only on the
     training epoch (so a resumed run sees the same batches)."""
@@ -396,7 +446,10 @@ def fit(
     bad_epochs = 0
     start_epoch = 0
     step = 0
+    lr_scale = 1.0  # lr_schedule="plateau": product of the decays so far
+    plateau = tcfg.lr_schedule == "plateau"
     best_state: dict[str, torch.Tensor] | None = None
+    best_opt_state: dict[str, Any] | None = None
     resumed_from: int | None = None
     ck = load_checkpoint(ckpt_path) if (ckpt_path is not None and tcfg.checkpoint) else None
     if ck is not None:
@@ -409,6 +462,7 @@ def fit(
             torch.set_rng_state(ck["torch_rng"])
             history = [EpochRecord(**r) for r in ck["history"]]
             best, bad_epochs, step = ck["best"], ck["bad_epochs"], ck["step"]
+            lr_scale = float(ck.get("lr_scale", 1.0))
             start_epoch = ck["epoch"] + 1
             resumed_from = ck["epoch"]
             log.info("%sresuming from %s after epoch %d", metric_prefix, ckpt_path, ck["epoch"] + 1)
@@ -417,9 +471,11 @@ def fit(
 
     try:
         for epoch in range(start_epoch, n_epochs):
-            for k, lrs in base_lrs.items():  # train.lr_decay: a function of the epoch, so resuming is exact
+            # train.lr_decay: a function of the epoch (or of the plateaus so far), so resuming is exact
+            scale = lr_scale if plateau else tcfg.lr_decay**epoch
+            for k, lrs in base_lrs.items():
                 for g, lr in zip(optimizers[k].param_groups, lrs):
-                    g["lr"] = lr * tcfg.lr_decay**epoch
+                    g["lr"] = lr * scale
             bilevel_iter = _cycle(bilevel_data, epoch) if bilevel_data is not None else None
             if hasattr(train_data, "set_epoch"):
                 train_data.set_epoch(epoch)
@@ -482,11 +538,18 @@ def fit(
                 bad_epochs = 0
                 best_state = {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v)
                               for k, v in model.state_dict().items()}
+                best_opt_state = _optimizer_states(optimizers) if plateau else None
                 if best_path is not None:
-                    save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch + 1, "fingerprint": fingerprint})
+                    save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch + 1, "fingerprint": fingerprint,
+                                                "optimizers": best_opt_state})
             else:
                 bad_epochs += 1
             stop = (not improved) and bad_epochs >= max(tcfg.patience, 1)
+            if plateau and not improved and not stop:
+                lr_scale *= tcfg.lr_decay
+                best_state, best_opt_state = _restore_best(model, optimizers, best_state, best_opt_state, best_path)
+                log.info("%sno improvement: back to epoch %d's weights, learning rates x%.3g", metric_prefix,
+                         best["epoch"], lr_scale)
             if ckpt_path is not None and tcfg.checkpoint:
                 save_checkpoint(ckpt_path, {
                     "model": model.state_dict(),
@@ -494,7 +557,7 @@ def fit(
                     "torch_rng": torch.get_rng_state(),
                     "history": [asdict(r) for r in history],
                     "best": best, "bad_epochs": bad_epochs, "step": step, "epoch": epoch,
-                    "fingerprint": fingerprint, "stopped": stop,
+                    "fingerprint": fingerprint, "stopped": stop, "lr_scale": lr_scale,
                 })
             if on_epoch_end is not None:
                 on_epoch_end(rec)

@@ -1,6 +1,7 @@
 """The classifier MLP of eq. 9–12: a^{l+1} = LN(relu(W^l a^l + b^l)), then a linear output unit.
 
-Xavier-uniform weights, zero biases (section III-A4). The sigmoid of eq. 12 is left to the loss
+Xavier-uniform weights, zero biases (section III-A4); ``zero_output`` starts the output unit at
+zero weights, so the network adds nothing until training finds a use for it. The sigmoid of eq. 12 is left to the loss
 (``BCEWithLogitsLoss``) for numerical stability; the module returns logits.
 """
 
@@ -26,6 +27,7 @@ class MLP(nn.Module):
         layer_norm: bool = True,
         dropout: float = 0.0,
         squeeze: bool = True,
+        zero_output: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -46,6 +48,8 @@ class MLP(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+        if zero_output and self.out is not None:
+            nn.init.zeros_(self.out.weight)  # the network starts silent: output = bias only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: B × in_dim → B (or B × out_dim)."""

@@ -119,7 +119,8 @@ class OptInterSearch(_OptInterBase):
             fmap.num_pairs, cfg.cross_embed_dim, self.fac_dim, cfg.relaxation, tau=cfg.tau_start, seed=seed
         )
         in_dim = self.embed.num_fields * cfg.embed_dim + fmap.num_pairs * self.block.width
-        self.mlp = MLP(in_dim, cfg.mlp_dims, layer_norm=cfg.layer_norm, dropout=cfg.dropout)
+        self.mlp = MLP(in_dim, cfg.mlp_dims, layer_norm=cfg.layer_norm, dropout=cfg.dropout,
+                       zero_output=cfg.zero_init_output)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         e_o = self.embed(batch.cat, batch.cont, batch.multi)  # B × F × s1
@@ -179,7 +180,8 @@ class OptInterNet(_OptInterBase):
             + len(self.mem_idx) * cfg.cross_embed_dim
             + len(self.fac_idx) * self.fac_dim
         )
-        self.mlp = MLP(in_dim, cfg.mlp_dims, layer_norm=cfg.layer_norm, dropout=cfg.dropout)
+        self.mlp = MLP(in_dim, cfg.mlp_dims, layer_norm=cfg.layer_norm, dropout=cfg.dropout,
+                       zero_output=cfg.zero_init_output)
 
     def required_pairs(self) -> list[str]:
         """Only the memorized pairs' columns (``batch.pairs`` is B × M)."""

@@ -25,6 +25,8 @@ def test_nested_runs_under_parent(tmp_path, monkeypatch):
     assert len(children) == res["jobs_trained"] == 4
     assert all(c.info.status == "FINISHED" for c in children)
     assert {c.data.tags["optinter.model"] for c in children} == {"lr", "optinter"}
+    for c in children:  # job and short key
+        assert c.info.run_name == f"{c.data.tags['optinter.step']} {c.data.tags['optinter.compare_key'][:8]}"
     p = tracking.get_run(parent, uri)
     assert "V.optinter.auc" in p.data.metrics and p.data.params["compare.seeds"] == "2"
     # a rerun trains nothing, so no new nested runs

@@ -169,26 +169,97 @@ def test_load_reference_errors(tmp_path):
         store.load(tmp_path / "nothing")
 
 
-def test_code_fingerprint_changes_with_the_stage_code(tmp_path, monkeypatch):
+def _stage_fn(out):  # a stage's compute function: never called, only read
+    from pkg.a import run
+
+    return run(out)
+
+
+@pytest.fixture()
+def fake_project(tmp_path, monkeypatch):
+    """A project root with package ``pkg``: a imports b inside a function, b loads c by name, d is unused."""
     import flows.cache as cache
 
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
-    (tmp_path / "pkg" / "analysis.py").write_text("y = 1\n")
+    files = {
+        "pkg/__init__.py": "",
+        "pkg/a.py": "def run(out):\n    from . import b\n    return b.go(out)\n",
+        "pkg/b.py": "import importlib\n\ndef go(out):\n    return importlib.import_module('pkg.c').f(out)\n",
+        "pkg/c.py": "def f(out):\n    return 1\n",
+        "pkg/d.py": "x = 1\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
     monkeypatch.setattr(cache, "_PROJECT_ROOT", tmp_path)
-    monkeypatch.setattr(cache, "STAGE_CODE", {"train": ("pkg",), "analyze": ("pkg/analysis.py",)})
-    monkeypatch.setattr(cache, "_CODE_EXCLUDE", ("pkg/analysis.py",))
-    monkeypatch.setattr(cache, "_CODE_HASHES", {})
-    monkeypatch.delenv("OPTINTER_CACHE_IGNORE_CODE", raising=False)
-    k_train, k_an = stage_key("train", {"m": 1}), stage_key("analyze", {"m": 1})
-    (tmp_path / "pkg" / "analysis.py").write_text("y = 22\n")  # only analysis changes
-    monkeypatch.setattr(cache, "_CODE_HASHES", {})
-    assert stage_key("train", {"m": 1}) == k_train and stage_key("analyze", {"m": 1}) != k_an
-    (tmp_path / "pkg" / "a.py").write_text("x = 22\n")
-    monkeypatch.setattr(cache, "_CODE_HASHES", {})
-    assert stage_key("train", {"m": 1}) != k_train
-    monkeypatch.setenv("OPTINTER_CACHE_IGNORE_CODE", "1")
-    k_ignored = stage_key("train", {"m": 1})
-    (tmp_path / "pkg" / "a.py").write_text("x = 333\n")
-    monkeypatch.setattr(cache, "_CODE_HASHES", {})
-    assert stage_key("train", {"m": 1}) == k_ignored
+    monkeypatch.setattr(cache, "PROJECT_PACKAGES", ("pkg",))
+    monkeypatch.delenv(cache.IGNORE_CODE_ENV, raising=False)
+    return tmp_path
+
+
+def test_code_fingerprint_follows_what_the_stage_imports(fake_project, monkeypatch):
+    import flows.cache as cache
+
+    files = {p.relative_to(fake_project).as_posix() for p in cache.code_files(_stage_fn)}
+    assert files == {"pkg/__init__.py", "pkg/a.py", "pkg/b.py", "pkg/c.py"}
+    k0 = stage_key("train", {"m": 1, "code": cache.code_fingerprint(_stage_fn)})
+    (fake_project / "pkg" / "d.py").write_text("x = 2\n")  # not imported: same key
+    assert stage_key("train", {"m": 1, "code": cache.code_fingerprint(_stage_fn)}) == k0
+    seen = {k0}
+    for rel in ("pkg/c.py", "pkg/b.py", "pkg/__init__.py"):  # each dependency, however reached, changes the key
+        with open(fake_project / rel, "a") as f:
+            f.write("# edited\n")
+        k = stage_key("train", {"m": 1, "code": cache.code_fingerprint(_stage_fn)})
+        assert k not in seen, rel
+        seen.add(k)
+    monkeypatch.setenv(cache.IGNORE_CODE_ENV, "1")
+    k_ignored = cache.code_fingerprint(_stage_fn)
+    (fake_project / "pkg" / "a.py").write_text("def run(out):\n    return 2\n")
+    assert cache.code_fingerprint(_stage_fn) == k_ignored == "ignored"
+
+
+def test_analyze_fingerprint_covers_report_and_architecture():
+    """The analyze stage runs optinter.report and optinter.architecture besides optinter.analysis."""
+    from flows.cache import module_closure
+
+    mods = module_closure(["optinter.analysis"])
+    assert {"optinter.analysis", "optinter.report", "optinter.architecture", "preprocess.feature_map"} <= set(mods)
+    assert "optinter.models.deep" not in mods
+    # the model stages reach the registry's lazily imported model modules (module names as strings)
+    assert {"optinter.models.deep", "optinter.models.optinter", "optinter.layers.combination"} <= set(
+        module_closure(["optinter.stages"]))
+
+
+def test_editing_a_dependency_recomputes_the_stage(tmp_path, monkeypatch, mlflow_uri):
+    """The evaluate step on a copy of the project: editing a module it imports (optinter/report.py,
+    through flows/results.py) recomputes it; editing one it does not import reuses it."""
+    import shutil
+
+    import flows.cache as cache
+    from flows import steps
+    from flows.spec import resolve_spec
+    from tiny import tiny_params
+
+    src = Path(cache.__file__).resolve().parents[1]
+    for pkg in cache.PROJECT_PACKAGES:
+        shutil.copytree(src / pkg, tmp_path / "src" / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache, "_PROJECT_ROOT", tmp_path / "src")
+    monkeypatch.delenv(cache.IGNORE_CODE_ENV, raising=False)
+    trained = []
+    for model in ("lr", "fm"):
+        d = tmp_path / "trained" / model
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"model": model, "valid_auc": 0.6, "test_auc": 0.6 + len(model) / 100,
+                                                    "test_logloss": 0.5, "params": 10, "epochs": 1}))
+        trained.append(cache.StageRecord(stage="train", key=f"key-{model}", uri=str(d), local_dir=str(d),
+                                         name=f"train:{model}"))
+    ctx = steps.open_context(resolve_spec(**tiny_params(tmp_path / "art")))
+    first = steps.step_evaluate(ctx, trained)
+    assert not first.cached
+    assert steps.step_evaluate(ctx, trained).cached
+    with open(tmp_path / "src" / "optinter" / "models" / "deep.py", "a") as f:
+        f.write("\n# an edit evaluate cannot see\n")
+    assert steps.step_evaluate(ctx, trained).key == first.key
+    with open(tmp_path / "src" / "optinter" / "report.py", "a") as f:
+        f.write("\n# an edit of a module evaluate imports\n")
+    again = steps.step_evaluate(ctx, trained)
+    assert not again.cached and again.key != first.key

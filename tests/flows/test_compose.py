@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -42,10 +43,9 @@ def test_services_and_images(compose):
             "dask-worker-2"} <= set(s)
     assert s["postgres"]["image"].startswith("postgres:")
     assert s["prefect-server"]["image"].startswith("prefecthq/prefect:3")
-    # everything that imports the project (or needs psycopg2) is built from the project's Dockerfile
+    # everything that imports the project (or needs psycopg2) runs the image of the project's Dockerfile
     for name in ("prefect-worker", "mlflow", "dask-scheduler", "dask-worker-1", "dask-worker-2"):
-        assert s[name]["build"] in (".", {"context": "."}), name
-        assert s[name]["image"] == s["prefect-worker"]["image"]
+        assert s[name]["image"] == s["prefect-worker"]["image"], name
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "psycopg2-binary" in dockerfile and "pip install ." in dockerfile
     for d in ("preprocess", "optinter", "flows"):
@@ -105,3 +105,67 @@ def test_artifacts_on_a_shared_volume(compose):
     assert _volume_of(s["mlflow"], _arg(s["mlflow"]["command"], "--artifacts-destination")) == vol
     assert _volume_of(s["prefect-worker"], env[WORK_DIR_ENV]) == vol
     assert _volume_of(s["prefect-worker"], env["PREFECT_HOME"]) == vol
+
+
+def test_one_image_built_once(compose):
+    s = compose["services"]
+    builders = [n for n, svc in s.items() if "build" in svc]
+    assert builders == ["prefect-worker"] and s["prefect-worker"]["build"] in (".", {"context": "."})
+    image = s["prefect-worker"]["image"]
+    for name, svc in s.items():
+        if svc.get("image") == image and name != "prefect-worker":
+            assert svc.get("pull_policy") == "never", name  # the local build, never a registry's
+
+
+def test_mlflow_allows_the_host_names_its_clients_send(compose):
+    """MLflow 3 rejects a Host header it does not allow (403 "Invalid Host header")."""
+    s = compose["services"]
+    allowed = _arg(s["mlflow"]["command"], "--allowed-hosts").split(",")
+    ml = urlparse(s["prefect-worker"]["environment"]["MLFLOW_TRACKING_URI"])
+    assert f"{ml.hostname}:{ml.port}" in allowed  # the worker's flow runs
+    assert "localhost:*" in allowed  # a browser on the host (published port)
+    ui = urlparse(s["prefect-worker"]["environment"]["OPTINTER_MLFLOW_UI_URL"])
+    assert ui.hostname == "localhost" and _published(s["mlflow"], ui.port)
+
+
+def _dockerignored(rel: str, patterns: list[str]) -> bool:
+    """Whether a path of the build context is excluded (Docker's rules for the patterns used here:
+    a pattern matches the path or one of its parent folders, ``**/`` any depth, ``!`` re-includes)."""
+    parts = rel.split("/")
+    out = False
+    for pat in patterns:
+        neg = pat.startswith("!")
+        pat = pat[1:] if neg else pat
+        cands = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        if pat.startswith("**/"):
+            cands += ["/".join(parts[j:i]) for i in range(1, len(parts) + 1) for j in range(1, i)]
+            pat = pat[3:]
+        if any(fnmatch.fnmatchcase(c, pat) for c in cands):
+            out = not neg
+    return out
+
+
+def test_dockerignore_keeps_local_state_out_of_the_build_context():
+    patterns = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")]
+    for rel in (".venv/bin/python", "artifacts/search/k/architecture.json", "mlflow.db", "mlartifacts/1/x/a.json",
+                ".optinter/prefect/prefect.db", ".git/HEAD", "optinter/__pycache__/train.cpython-311.pyc",
+                "mlruns/0/meta.yaml", "tests/flows/test_compose.py"):
+        assert _dockerignored(rel, patterns), rel
+    # everything the Dockerfile copies is in the context
+    copied = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            copied += line.split()[1:-1]
+    assert {"pyproject.toml", "README.md", "preprocess", "optinter", "flows"} <= set(copied)
+    for src in copied:
+        files = [src] if (ROOT / src).is_file() else [p.relative_to(ROOT).as_posix()
+                                                     for p in (ROOT / src).rglob("*.py")]
+        assert files and not any(_dockerignored(f, patterns) for f in files), src
+
+
+def test_prefect_server_streams_run_logs_to_watch(compose):
+    """``prefect deployment run … --watch`` prints a run's logs only when the server streams them."""
+    env = compose["services"]["prefect-server"]["environment"]
+    assert env["PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED"] == "true"
+    assert env["PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED"] == "true"

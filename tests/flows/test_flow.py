@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import TINY_OVERRIDES, tiny_params
+from tiny import TINY_OVERRIDES, TINY_TUNE, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,12 @@ def _client(env):
 def _children(env, parent_run_id):
     from optinter.tracking import child_runs
 
-    return {r.info.run_name: r for r in child_runs(parent_run_id, env["uri"])}
+    return {r.data.tags.get("optinter.step", r.info.run_name): r for r in child_runs(parent_run_id, env["uri"])}
+
+
+def _experiment_runs(env):
+    client = _client(env)
+    return client.search_runs([client.get_experiment_by_name("optinter").experiment_id], max_results=1000)
 
 
 def test_first_run_computes_every_stage(two_runs, env):
@@ -134,7 +139,9 @@ def test_mlflow_runs_params_metrics_artifacts(two_runs, env):
     for k in ("test_auc", "test_logloss", "params", "n_memorize", "n_factorize", "n_naive"):
         assert retrain.data.metrics[k] == pytest.approx(float(m[k])), k
     hist = client.get_metric_history(retrain.info.run_id, "valid_auc")
-    assert {h.step for h in hist} >= {1, 2}
+    assert [h.step for h in hist] == list(range(1, m["epochs"] + 1))  # one point per epoch, nothing appended
+    assert retrain.data.metrics["best_valid_auc"] == pytest.approx(m["valid_auc"])
+    assert max(h.value for h in hist) == pytest.approx(m["valid_auc"])
     assert kids["preprocess"].data.metrics["rows_read"] == 3000 + 600 + 600
     assert kids["preprocess"].data.metrics["rows_per_s"] > 0
     # artifacts
@@ -160,6 +167,61 @@ def test_mlflow_runs_params_metrics_artifacts(two_runs, env):
     # artifacts live under the experiment's explicit location next to the database, not ./mlruns
     exp = client.get_experiment(parent.info.experiment_id)
     assert exp.artifact_location == (env["root"] / "mlartifacts").resolve().as_uri()
+
+
+def test_mlflow_names_read_apart_and_keys_are_not_repeated(two_runs, env):
+    first, second, _ = two_runs
+    client = _client(env)
+    parent = client.get_run(first["parent_run_id"])
+    # parent: what was run and a short key, the same for a rerun of the same settings
+    assert parent.info.run_name.startswith("synthetic full-pipeline ")
+    assert client.get_run(second["parent_run_id"]).info.run_name == parent.info.run_name
+    kids = _children(env, first["parent_run_id"])
+    for step, r in kids.items():  # nested runs: the step and the stage key
+        assert r.info.run_name == f"{step} {first['stages'][step]['key'][:8]}"
+    # a metric is logged once, under one key (the analysis logs its mi.* figures itself)
+    analyze = kids["analyze"].data.metrics
+    assert "mi.h_label" in analyze and "h_label" not in analyze and "mean_mi_pairs" not in analyze
+    assert "mi.mean_planted_memorize" in analyze
+    # the runs page of MLflow 3, not the experiment's GenAI overview
+    exp_id = parent.info.experiment_id
+    assert first["runs_url"].endswith(f"/#/experiments/{exp_id}/runs?workflowType=machine_learning")
+    assert first["run_url"].endswith(f"/#/experiments/{exp_id}/runs/{first['parent_run_id']}"
+                                     "?workflowType=machine_learning")
+
+
+def test_no_machine_paths_as_params(two_runs, env):
+    root = str(env["root"])
+    for r in _experiment_runs(env):
+        for k, v in r.data.params.items():
+            assert root not in v and not os.path.isabs(v), (r.info.run_name, k, v)
+    parent = _client(env).get_run(two_runs[0]["parent_run_id"])
+    assert parent.data.tags["optinter.artifact_root"] == str(env["artifacts"])  # where they went instead
+
+
+def test_inputs_logged_once_by_reference(two_runs, env):
+    import sqlite3
+
+    first, second, _ = two_runs
+    client = _client(env)
+    for summary in (first, second):
+        kids = _children(env, summary["parent_run_id"])
+        inputs = {d.dataset.name: d for d in kids["preprocess"].inputs.dataset_inputs}
+        assert set(inputs) == {"synthetic/train.csv", "synthetic/valid.csv", "synthetic/test.csv"}
+        synth_dir = first["stages"]["synth"]["local_dir"]
+        assert json.loads(inputs["synthetic/train.csv"].dataset.source)["uri"] == f"{synth_dir}/train.csv"
+        assert [d.dataset.digest for d in kids["retrain:optinter"].inputs.dataset_inputs] == [
+            first["stages"]["preprocess"]["key"]]
+        # the data files themselves are not copied into MLflow
+        names = {f.path for f in client.list_artifacts(kids["synth"].info.run_id)}
+        assert "truth.json" in names and not names & {"train.csv", "valid.csv", "test.csv"}
+    db = sqlite3.connect(env["root"] / "mlflow.db")
+    try:
+        rows = db.execute("SELECT name, COUNT(*) FROM datasets GROUP BY name, digest").fetchall()
+    finally:
+        db.close()
+    assert rows and all(n == 1 for _, n in rows)  # one record per data set, however many runs read it
+    assert not list((env["root"] / "mlartifacts").rglob("train.csv"))
 
 
 def test_changed_retrain_setting_reruns_only_retrain_and_what_follows(two_runs, env):
@@ -191,6 +253,46 @@ def test_force_recomputes_a_stage_and_its_dependents_only(two_runs, env):
     assert out["stages"]["train:fm"]["source_run_id"] == out["stages"]["train:fm"]["run_id"]
 
 
+def test_force_search_recomputes_what_depends_on_it(two_runs, env):
+    from flows.pipeline import optinter_flow
+
+    first, _, _ = two_runs
+    out = optinter_flow(**tiny_params(env["artifacts"], force=["search"]))
+    computed = {n for n, s in out["stages"].items() if not s["cached"]}
+    assert computed == {"search", "retrain:optinter", "evaluate", "analyze"}  # not the data, not the baselines
+    for n in computed:  # same keys (same inputs and code), fresh folders
+        assert out["stages"][n]["key"] == first["stages"][n]["key"]
+    kids = _children(env, out["parent_run_id"])
+    assert kids["search"].data.tags["optinter.recomputed"] == "forced"
+    assert kids["retrain:optinter"].data.tags["optinter.recomputed"] == (
+        "recomputed because search was recomputed in this run")
+    assert "optinter.recomputed" not in kids["train:lr"].data.tags
+    assert _client(env).get_run(out["parent_run_id"]).info.run_name.endswith(" force=search")
+
+
+def test_from_run_inherits_the_earlier_runs_overrides(two_runs, env, tmp_path):
+    from flows.pipeline import optinter_flow
+
+    first, _, _ = two_runs
+    # only a new re-train setting: the tiny model settings of the first run come with the reference
+    out = optinter_flow(**tiny_params(tmp_path / "other", from_run=first["stages"]["search"]["run_id"],
+                                      stages=["retrain"], overrides=["retrain:train.lr_o=0.0031",
+                                                                     "retrain:train.epochs=1"]))
+    retrain = _children(env, out["parent_run_id"])["retrain:optinter"]
+    p = retrain.data.params
+    assert p["model.embed_dim"] == "4" and p["model.mlp_dims"] == "(16,)"  # inherited (quick start: 8, (64,))
+    assert p["train.lr_o"] == "0.0031" and p["train.epochs"] == "1"  # this run's own
+    parent = _client(env).get_run(out["parent_run_id"])
+    assert parent.data.params["inherited_overrides"] == ";".join(TINY_OVERRIDES)
+    assert json.loads(parent.data.tags["optinter.overrides"]) == TINY_OVERRIDES + [
+        "retrain:train.lr_o=0.0031", "retrain:train.epochs=1"]
+    # this run's own overrides win over inherited ones; a folder reference inherits too
+    out2 = optinter_flow(**tiny_params(tmp_path / "other", from_run=first["stages"]["search"]["local_dir"],
+                                       stages=["retrain"], overrides=["model.mlp_dims=8", "retrain:train.epochs=1"]))
+    p2 = _children(env, out2["parent_run_id"])["retrain:optinter"].data.params
+    assert p2["model.mlp_dims"] == "(8,)" and p2["model.embed_dim"] == "4"
+
+
 def test_retrain_from_earlier_search_run_id(two_runs, env, tmp_path):
     from flows.pipeline import optinter_flow
 
@@ -213,6 +315,33 @@ def test_retrain_from_earlier_search_run_id(two_runs, env, tmp_path):
     assert out2["stages"]["retrain:optinter"]["key"] == r["key"]
 
 
+def test_tune_stage_tunes_retrain_on_valid_with_nested_trial_runs(two_runs, env):
+    import yaml
+
+    from flows.pipeline import optinter_flow
+
+    first, _, _ = two_runs
+    out = optinter_flow(**tiny_params(env["artifacts"], tune_mode="on", tune=dict(TINY_TUNE), baselines=[],
+                                      stages=["retrain"]))
+    assert set(out["stages"]) == {"synth", "preprocess", "search", "tune:optinter", "retrain:optinter"}
+    assert all(out["stages"][n]["cached"] for n in ("synth", "preprocess", "search"))
+    t, r = out["stages"]["tune:optinter"], out["stages"]["retrain:optinter"]
+    assert not t["cached"] and not r["cached"]
+    assert r["key"] != first["stages"]["retrain:optinter"]["key"]  # it read the tuned settings
+    tuned = yaml.safe_load((Path(t["local_dir"]) / "tuned.yaml").read_text())
+    ran = json.loads((Path(r["local_dir"]) / "config.json").read_text())["config"]
+    assert ran["train"]["lr_o"] == pytest.approx(tuned["train.lr_o"])
+    assert ran["model"]["dropout"] == pytest.approx(tuned["model.dropout"])
+    # every trial is a run nested under the tune stage's run
+    trials = _children(env, t["run_id"])
+    assert len(trials) == TINY_TUNE["trials"]
+    assert all(k.startswith("tune:optinter:trial-") and v.data.tags["stage"] == "tune-trial" for k, v in trials.items())
+    # a rerun reuses both
+    again = optinter_flow(**tiny_params(env["artifacts"], tune_mode="on", tune=dict(TINY_TUNE), baselines=[],
+                                        stages=["retrain"]))
+    assert again["stages"]["tune:optinter"]["cached"] and again["stages"]["retrain:optinter"]["cached"]
+
+
 def test_failed_stage_keeps_earlier_outputs_and_next_run_resumes(two_runs, env, monkeypatch):
     import optinter.stages
     from flows.pipeline import optinter_flow
@@ -231,7 +360,7 @@ def test_failed_stage_keeps_earlier_outputs_and_next_run_resumes(two_runs, env, 
     client = MlflowClient(tracking_uri=env["uri"])
     failed = client.search_runs([client.get_experiment_by_name("optinter").experiment_id],
                                 "attributes.status = 'FAILED'", order_by=["attributes.start_time DESC"])
-    names = {r.info.run_name for r in failed[:2]}
+    names = {r.data.tags.get("optinter.step") for r in failed[:2]}
     assert "retrain:optinter" in names
     assert any("simulated crash" in r.data.tags.get("optinter.error", "") for r in failed[:2])
     for n in ("synth", "preprocess", "search"):
@@ -274,7 +403,7 @@ def test_cli_run_in_a_fresh_process(two_runs, env, tmp_path):
 
     first, _, _ = two_runs
     args = [str(Path(sys.executable).parent / "optinter"), "run", "--artifact-root", str(env["artifacts"]),
-            "--baselines", "lr,fm"]
+            "--baselines", "lr,fm", "--tune", "off"]  # as tiny_params
     for k, v in tiny_params(env["artifacts"])["synth"].items():
         args += ["--synth", f"{k}={json.dumps(v)}"]
     for o in TINY_OVERRIDES:
@@ -320,3 +449,5 @@ def test_compare_stage_nests_one_run_per_trained_job(two_runs, env):
     # same model, data, settings and seed as the pipeline's lr baseline: the same test AUC
     lr = next(r for r in first["results"] if r["model"] == "lr")
     assert jobs["lr/seed0"].data.metrics["test_auc"] == pytest.approx(lr["test_auc"], abs=1e-9)
+    for r in [_children(env, out["parent_run_id"])["compare"], *jobs.values()]:
+        assert not any(os.path.isabs(v) or str(env["root"]) in v for v in r.data.params.values()), r.data.params

@@ -1,6 +1,8 @@
-"""The compose setup as plain local processes: Prefect server, MLflow server, Dask scheduler + worker,
-``optinter serve``; then ``prefect deployment run optinter/full-pipeline --watch`` end to end, checked
-over MLflow's REST API. Every process is started in its own session and stopped at the end.
+"""The compose setup as plain local processes: Prefect server and MLflow server started with the
+commands of ``docker-compose.yml``, Dask scheduler + worker, ``optinter serve``, reached by the compose
+host names (a Host-keeping proxy); then ``prefect deployment run … --watch`` end to end (a successful
+pipeline and a failing stage), checked over MLflow's REST API. Every process is started in its own
+session and stopped at the end.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from tiny import TINY_OVERRIDES, TINY_SYNTH
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
 def _free_port() -> int:
@@ -62,9 +66,11 @@ class Procs:
         pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}:\n" +
                     "\n".join(self.tail(n) for n, _ in self.procs))
 
+    def text(self, name: str) -> str:
+        return (self.logdir / f"{name}.log").read_text(errors="replace")
+
     def tail(self, name: str, n: int = 40) -> str:
-        lines = (self.logdir / f"{name}.log").read_text(errors="replace").splitlines()
-        return f"--- {name} ---\n" + "\n".join(lines[-n:])
+        return f"--- {name} ---\n" + "\n".join(self.text(name).splitlines()[-n:])
 
     def stop(self) -> None:
         for _, p in reversed(self.procs):
@@ -85,50 +91,111 @@ class Procs:
                 p.wait(timeout=5)
 
 
-def test_deployment_run_against_local_services(tmp_path):
-    import httpx
+def _compose() -> dict:
+    import yaml
 
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "DASK_", "OPTINTER_"))}
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _compose_command(service: dict, replace: dict[str, str]) -> list[str]:
+    """A compose service's command with the values of some of its flags replaced (``--port``: a free
+    one, ``--host``: 127.0.0.1, the Postgres URI: SQLite...); every other flag as compose has it."""
+    cmd = list(service["command"])
+    for flag, value in replace.items():
+        assert flag in cmd, f"{flag} not in {cmd}"
+        cmd[cmd.index(flag) + 1] = value
+    return [str(BIN / cmd[0]), *cmd[1:]]
+
+
+def _authority(url: str) -> str:
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    return f"{u.hostname}:{u.port}"
+
+
+def test_deployment_run_against_local_services(tmp_path):
+    """The compose services as local processes, reached by their compose host names: every HTTP
+    request of the clients (``prefect`` CLI, ``optinter serve`` and its flow runs) goes through a
+    proxy that keeps the ``Host`` header (``mlflow:5000``, ``prefect-server:4200``), as the compose
+    network does; so MLflow's Host-header check sees what it sees there."""
+    import httpx
+    from hostproxy import HostProxy
+
+    compose = _compose()["services"]
+    worker_env = compose["prefect-worker"]["environment"]
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("PREFECT_", "MLFLOW_", "DASK_", "OPTINTER_")) and k.lower() not in PROXY_VARS}
     base.update({"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true",
                  "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"})
     p_port, m_port, d_port = _free_port(), _free_port(), _free_port()
-    api = f"http://127.0.0.1:{p_port}/api"
-    mlflow_url = f"http://127.0.0.1:{m_port}"
-    dask_addr = f"tcp://127.0.0.1:{d_port}"
+    api_local = f"http://127.0.0.1:{p_port}/api"
+    mlflow_local = f"http://127.0.0.1:{m_port}"
+    dask_addr = f"tcp://127.0.0.1:{d_port}"  # Dask speaks TCP, not HTTP: no host name to check there
     procs = Procs(tmp_path)
+    proxy = HostProxy({_authority(worker_env["PREFECT_API_URL"]): p_port,
+                       _authority(worker_env["MLFLOW_TRACKING_URI"]): m_port})
     try:
-        procs.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                       str(p_port)], {**base, "PREFECT_HOME": str(tmp_path / "server-home")}, tmp_path)
-        procs.start("mlflow", [str(BIN / "mlflow"), "server", "--backend-store-uri",
-                               f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination",
-                               str(tmp_path / "mlartifacts"), "--host", "127.0.0.1", "--port", str(m_port),
-                               "--workers", "1"], base, tmp_path)
+        proxy.__enter__()
+        server_env = {k: str(v) for k, v in compose["prefect-server"]["environment"].items()
+                      if k not in ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_UI_API_URL")}  # SQLite here
+        procs.start("prefect-server", _compose_command(compose["prefect-server"], {"--host": "127.0.0.1",
+                                                                                   "--port": str(p_port)}),
+                    {**base, **server_env, "PREFECT_HOME": str(tmp_path / "server-home")}, tmp_path)
+        procs.start("mlflow", _compose_command(compose["mlflow"], {
+            "--backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--artifacts-destination": str(tmp_path / "mlartifacts"), "--host": "127.0.0.1",
+            "--port": str(m_port), "--workers": "1"}), base, tmp_path)
         procs.start("dask-scheduler", [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(d_port),
                                        "--no-dashboard"], base, tmp_path)
         procs.start("dask-worker", [str(BIN / "dask"), "worker", dask_addr, "--nworkers", "1", "--nthreads", "2",
                                     "--no-dashboard"], base, tmp_path)
-        procs.wait_until("the Prefect server", lambda: _get(f"{api}/health") == 200, 90)
-        client_env = {**base, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "client-home")}
-        serve_env = {**client_env, "MLFLOW_TRACKING_URI": mlflow_url, "DASK_SCHEDULER_ADDRESS": dask_addr,
+        procs.wait_until("the Prefect server", lambda: _get(f"{api_local}/health") == 200, 90)
+        # the compose URLs, through the proxy; nothing else of the environment points at 127.0.0.1
+        via_proxy = {"HTTP_PROXY": proxy.url, "http_proxy": proxy.url, "NO_PROXY": "", "no_proxy": ""}
+        client_env = {**base, **via_proxy, "PREFECT_API_URL": worker_env["PREFECT_API_URL"],
+                      "PREFECT_HOME": str(tmp_path / "client-home"), "COLUMNS": "400"}  # rich wraps at 80
+        serve_env = {**client_env, "MLFLOW_TRACKING_URI": worker_env["MLFLOW_TRACKING_URI"],
+                     "OPTINTER_MLFLOW_UI_URL": worker_env["OPTINTER_MLFLOW_UI_URL"],
+                     "DASK_SCHEDULER_ADDRESS": dask_addr,
                      "OPTINTER_ARTIFACT_ROOT": str(tmp_path / "artifacts"), "OPTINTER_WORK_DIR": str(tmp_path / "work"),
                      "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
-        procs.start("optinter-serve", [str(BIN / "optinter"), "serve"], serve_env, tmp_path)
-        procs.wait_until("the deployments", lambda: _get(f"{api}/deployments/name/optinter/full-pipeline") == 200
-                         and _get(f"{api}/deployments/name/optinter/retrain") == 200, 90)
-        procs.wait_until("the MLflow server", lambda: _get(f"{mlflow_url}/health") == 200, 90)
+        serve = procs.start("optinter-serve", [str(BIN / "optinter"), "serve"], serve_env, tmp_path)
+        # every deployment is registered before serving starts: all there when serve says so
+        from flows.deploy import DEPLOYMENTS
 
-        params = {"synth": TINY_SYNTH, "overrides": TINY_OVERRIDES, "baselines": ["lr"]}
-        run = subprocess.run(
-            [str(BIN / "prefect"), "deployment", "run", "optinter/full-pipeline", "--param", "dataset=synthetic",
-             "--params", json.dumps(params), "--watch", "--watch-timeout", "150"],
-            env=client_env, cwd=tmp_path, capture_output=True, text=True, timeout=170)
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + procs.tail("optinter-serve", 80)
-        assert "Completed" in run.stdout + run.stderr
+        procs.wait_until("the deployments", lambda: f"registered {len(DEPLOYMENTS)} deployments"
+                         in procs.text("optinter-serve"), 120)
+        for name in DEPLOYMENTS:
+            assert _get(f"{api_local}/deployments/name/optinter/{name}") == 200, name
+        procs.wait_until("the MLflow server", lambda: _get(f"{mlflow_local}/health") == 200, 90)
+        # MLflow answers the compose host name (its --allowed-hosts), and does check the header
+        probe = f"{mlflow_local}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+        assert httpx.get(probe, headers={"Host": "mlflow:5000"}, timeout=10).status_code == 200
+        assert httpx.get(probe, headers={"Host": "elsewhere:5000"}, timeout=10).status_code == 403
+
+        def deployment_run(name: str, params: dict) -> tuple[int, str]:
+            """``prefect deployment run optinter/NAME … --watch``: exit code and output (kept in a file)."""
+            run = subprocess.run(
+                [str(BIN / "prefect"), "deployment", "run", f"optinter/{name}", "--param", "dataset=synthetic",
+                 "--params", json.dumps(params), "--watch", "--watch-timeout", "150"],
+                env=client_env, cwd=tmp_path, capture_output=True, text=True, timeout=170)
+            (tmp_path / f"watch-{name}.txt").write_text(run.stdout + run.stderr)
+            return run.returncode, run.stdout + run.stderr
+
+        params = {"synth": TINY_SYNTH, "overrides": TINY_OVERRIDES, "baselines": ["lr"], "tune_mode": "off"}
+        rc, watched = deployment_run("full-pipeline", params)
+        assert rc == 0, watched[-3000:] + procs.tail("optinter-serve", 80)
+        assert "Completed" in watched
+        # --watch shows the flow's last log lines: the results table and the MLflow runs page
+        assert "| model " in watched and "| optinter " in watched and "| lr " in watched, watched[-3000:]
+        assert "http://localhost:5000/#/experiments/" in watched and "/runs?workflowType=machine_learning" in watched
+        assert proxy.hosts["mlflow:5000"] > 0 and proxy.hosts["prefect-server:4200"] > 0
 
         # MLflow, over its REST API
-        exp = httpx.get(f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name",
+        exp = httpx.get(f"{mlflow_local}/api/2.0/mlflow/experiments/get-by-name",
                         params={"experiment_name": "optinter"}, timeout=10).json()["experiment"]
-        runs = httpx.post(f"{mlflow_url}/api/2.0/mlflow/runs/search",
+        runs = httpx.post(f"{mlflow_local}/api/2.0/mlflow/runs/search",
                           json={"experiment_ids": [exp["experiment_id"]], "max_results": 100}, timeout=10).json()["runs"]
 
         def tags(r):
@@ -141,7 +208,8 @@ def test_deployment_run_against_local_services(tmp_path):
         assert len(parents) == 1 and parents[0]["info"]["status"] == "FINISHED"
         parent_id = parents[0]["info"]["run_id"]
         assert tags(parents[0])["prefect.flow_run_id"]
-        kids = {tags(r)["mlflow.runName"]: r for r in runs if tags(r).get("mlflow.parentRunId") == parent_id}
+        assert parent_id in watched  # the link to this very run
+        kids = {tags(r)["optinter.step"]: r for r in runs if tags(r).get("mlflow.parentRunId") == parent_id}
         assert set(kids) == {"synth", "preprocess", "search", "retrain:optinter", "train:lr", "evaluate", "analyze"}
         for name, r in kids.items():
             assert r["info"]["status"] == "FINISHED", name
@@ -152,14 +220,22 @@ def test_deployment_run_against_local_services(tmp_path):
         assert metrics(parents[0])["test_auc"] == m["test_auc"]
         # the preprocessing ran on the Dask scheduler we started
         assert "Receive client connection" in (tmp_path / "dask-scheduler.log").read_text()
-        serve_log = (tmp_path / "optinter-serve.log").read_text()
+        serve_log = procs.text("optinter-serve")
         assert f"connecting to Dask scheduler {dask_addr}" in serve_log  # library progress reaches the run log
         # artifacts were uploaded through the MLflow server to its artifact destination
-        listed = httpx.get(f"{mlflow_url}/api/2.0/mlflow/artifacts/list",
+        listed = httpx.get(f"{mlflow_local}/api/2.0/mlflow/artifacts/list",
                            params={"run_id": kids["search"]["info"]["run_id"]}, timeout=10).json()
         assert "architecture.json" in {f["path"] for f in listed.get("files", [])}
         assert list((tmp_path / "mlartifacts").rglob("architecture.json"))
+
+        # a failing stage: --watch ends with the error, its cause and the MLflow run
+        rc, watched = deployment_run("search", {**params, "overrides": TINY_OVERRIDES + ["search:train.device=bogus"]})
+        assert rc != 0 and "Failed" in watched, watched[-3000:]
+        assert "optinter failed: StageFailed: stage search failed: RuntimeError:" in watched, watched[-3000:]
+        assert "bogus" in watched and "MLflow parent run " in watched and "http://localhost:5000/#/experiments/" in watched
     finally:
         procs.stop()
+        proxy.__exit__()
+    assert serve.poll() is not None
     for name, p in procs.procs:
         assert p.poll() is not None, f"{name} still running"

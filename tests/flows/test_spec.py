@@ -20,6 +20,29 @@ def test_defaults_resolve(tmp_path):
     assert spec.run_config("retrain", "optinter").train.seed == 2026
 
 
+def test_tune_stage_is_on_by_default_and_feeds_retrain(tmp_path):
+    spec = _spec(tmp_path, tune_mode="auto")
+    assert spec.needed == ["synth", "preprocess", "search", "tune", "retrain", "baselines", "evaluate", "analyze"]
+    assert "tune" not in _spec(tmp_path, tune_mode="off").needed
+    tc = _spec(tmp_path, tune_mode="on", tune={"trials": 3}).tune_config()
+    assert tc.trials == 3 and tc.model == "optinter"
+    # a setting the user fixes for the re-train is not tuned
+    fixed = _spec(tmp_path, tune_mode="on", overrides=[*TINY_OVERRIDES, "retrain:train.lr_o=1e-3"]).tune_config()
+    assert all(not s.startswith("train.lr_o=") for s in fixed.space_strings())
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"tune_mode": "sometimes"}, "parameter 'tune_mode'"),
+    ({"tune_mode": "on", "tune": {"trials": 0, "minutes": 0}}, "budget is empty"),
+    ({"tune_mode": "on", "tune": {"tirals": 3}}, "unknown keys"),
+    ({"tune_mode": "on", "tune": {"space": ["train.nope=log:1:2"]}}, "unknown setting"),
+    ({"config_file": "/nonexistent/tuned.yaml"}, "parameter 'config_file'"),
+])
+def test_bad_tune_parameters(tmp_path, kw, match):
+    with pytest.raises(SpecError, match=match):
+        _spec(tmp_path, **kw)
+
+
 @pytest.mark.parametrize("kw, match", [
     ({"dataset": "critteo"}, "parameter 'dataset': unknown dataset 'critteo'"),
     ({"dataset": "criteo", "synth": None, "raw": ["/nonexistent/day_0.gz"]}, "parameter 'raw': no file matches '/nonexistent/day_0.gz'"),
@@ -93,10 +116,14 @@ def test_unknown_from_run_fails_before_any_stage(tmp_path, mlflow_uri):
     assert not (tmp_path / "art").exists()  # nothing was computed
 
 
-def test_user_overrides_win_over_quickstart_settings(tmp_path):
-    from flows.spec import SYNTHETIC_QUICKSTART_OVERRIDES
+def test_user_overrides_win_over_quickstart_settings(tmp_path, monkeypatch):
+    import flows.spec
 
-    assert "search:train.lr_o=3e-3" in SYNTHETIC_QUICKSTART_OVERRIDES
+    # the quick start lays no settings of its own now (the data-derived defaults apply); the
+    # layering is checked with stand-in quick-start settings
+    assert flows.spec.SYNTHETIC_QUICKSTART_OVERRIDES == ()
+    monkeypatch.setattr(flows.spec, "SYNTHETIC_QUICKSTART_OVERRIDES",
+                        ("search:train.lr_o=3e-3", "search:train.lr_a=0.1", "retrain:model.layer_norm=false"))
     spec = _spec(tmp_path, overrides=TINY_OVERRIDES + ["train.lr_o=0.0007"])
     assert spec.run_config("search", "optinter").train.lr_o == 0.0007  # unscoped user value beats scoped default
     assert spec.run_config("search", "optinter").train.lr_a == 0.1  # quick-start value where the user is silent

@@ -10,12 +10,14 @@ TINY_SYNTH: dict[str, Any] = {
 }
 TINY_OVERRIDES = ["model.embed_dim=4", "model.cross_embed_dim=2", "model.mlp_dims=16", "train.epochs=2",
                   "train.batch_size=256", "train.eval_batch_size=1024"]
+#: The tune stage's budget in the tests that turn it on (tiny_params leaves it off).
+TINY_TUNE: dict[str, Any] = {"trials": 2, "max_epochs": 1, "startup_trials": 1}
 # A thread-based LocalCluster starts in a fraction of the time of a process-based one.
 TINY_PREPROCESS = {"processes": False, "n_workers": 1, "threads_per_worker": 2}
 
 
 def tiny_params(root: str, **kw: Any) -> dict[str, Any]:
     p = dict(dataset="synthetic", synth=dict(TINY_SYNTH), overrides=list(TINY_OVERRIDES), baselines=["lr", "fm"],
-             artifact_root=str(root), preprocess=dict(TINY_PREPROCESS))
+             artifact_root=str(root), preprocess=dict(TINY_PREPROCESS), tune_mode="off")
     p.update(kw)
     return p

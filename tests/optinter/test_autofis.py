@@ -241,13 +241,16 @@ def test_search_keeps_the_planted_pair_and_prunes_the_rest() -> None:
 
     fields = [FieldSpec(c, "categorical", c, c, vocab_size=V) for c in "abcd"]
     pairs = [PairSpec(f"{x}|{y}", (x, y), f"{x}|{y}", V * V, 1) for i, x in enumerate("abcd") for y in "abcd"[i + 1 :]]
-    fmap = FeatureMap("planted", "label", fields, pairs, {"train": SplitInfo(1, 0, "train")})
+    full = _planted(8000, 1)
+    # the train split's real row and click counts: models start from its log-odds
+    fmap = FeatureMap("planted", "label", fields, pairs,
+                      {"train": SplitInfo(len(full), int(full.label.sum()), "train")})
     # GRDA threshold after n steps (γ = 1): c·n^μ = 0.01 · 120^0.8 ≈ 0.46 at the end of the search
     cfg = RunConfig(
         model=ModelConfig(embed_dim=4, mlp_dims=(16,), grda_c=0.01, grda_mu=0.8),
         train=TrainConfig(epochs=2, search_epochs=3, lr_o=0.01, device="cpu", checkpoint=False),
     )
-    train, valid = _chunks(_planted(8000, 1), 200), _chunks(_planted(2000, 2), 1000)
+    train, valid = _chunks(full, 200), _chunks(_planted(2000, 2), 1000)
     kept_planted, noise_pruned, archs = 0, 0, []
     for seed in range(3):
         torch.manual_seed(seed)

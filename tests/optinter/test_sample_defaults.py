@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from optinter.config import PAPER_OVERRIDES, TrainConfig, apply_overrides, default_config, paper_config
+from optinter.config import PAPER_OVERRIDES, RunConfig, TrainConfig, apply_overrides, default_config, paper_config
 from optinter.models.base import Batch
 from optinter.registry import build_model, build_search_model
 from optinter.train import EmbeddingPenalty, batch_loss, make_optimizers
@@ -30,7 +30,7 @@ def _batch(fmap: FeatureMap, n: int = 32, seed: int = 0) -> Batch:
 
 
 def test_penalty_matches_rows_looked_up_by_hand(fmap):
-    cfg = apply_overrides(default_config("synthetic", "optinter_m"), SMALL + ["train.emb_l2_o=0.3", "train.emb_l2_c=0.07"])
+    cfg = apply_overrides(RunConfig(), SMALL + ["train.emb_l2_o=0.3", "train.emb_l2_c=0.07"])
     torch.manual_seed(0)
     model = build_model("optinter_m", fmap, cfg.model)
     b = _batch(fmap)
@@ -56,7 +56,7 @@ def test_penalty_matches_rows_looked_up_by_hand(fmap):
 
 
 def test_penalty_off_registers_nothing(fmap):
-    model = build_model("optinter_m", fmap, apply_overrides(default_config("synthetic", "optinter_m"), SMALL).model)
+    model = build_model("optinter_m", fmap, apply_overrides(RunConfig(), SMALL).model)
     pen = EmbeddingPenalty(model, TrainConfig())
     model.train()
     model(_batch(fmap))
@@ -65,7 +65,7 @@ def test_penalty_off_registers_nothing(fmap):
 
 @pytest.mark.parametrize("name", ["optinter_f", "optinter_search"])
 def test_first_order_term_adds_lr_logit_and_own_lr(fmap, name):
-    cfg = apply_overrides(default_config("synthetic", "optinter"), SMALL + ["model.first_order=true",
+    cfg = apply_overrides(RunConfig(), SMALL + ["model.first_order=true",
                                                                             "train.lr_first=0.02", "train.lr_o=1e-3"])
     torch.manual_seed(0)
     model = build_search_model("optinter", fmap, cfg.model) if name == "optinter_search" else build_model(name, fmap, cfg.model)
@@ -90,7 +90,7 @@ def test_first_order_term_adds_lr_logit_and_own_lr(fmap, name):
     assert lrs["first"] == 0.02 and lrs["orig"] == 1e-3
 
 
-def test_paper_config_keeps_table_iv_and_sample_defaults_differ():
+def test_paper_config_keeps_table_iv_and_data_defaults_differ(fmap):
     for model in ("optinter", "lr", "deepfm"):
         paper = paper_config("criteo", model)
         assert paper.model.mlp_dims == PAPER_OVERRIDES["criteo"]["model.mlp_dims"]
@@ -98,10 +98,10 @@ def test_paper_config_keeps_table_iv_and_sample_defaults_differ():
         assert paper.train.lr_a == PAPER_OVERRIDES["criteo"]["train.lr_a"]
         assert not paper.model.first_order
     assert paper_config("criteo", "optinter").train.lr_o == 1e-4
-    sample = default_config("criteo", "optinter")
-    assert sample.model.mlp_dims != paper_config("criteo", "optinter").model.mlp_dims
-    # datasets without sample settings: default_config is the paper's
-    for ds in ("avazu", "ipinyou", "synthetic"):
-        assert default_config(ds, "optinter").to_dict() == paper_config(ds, "optinter").to_dict()
+    derived = default_config(fmap, "optinter")
+    assert derived.model.mlp_dims != paper_config("criteo", "optinter").model.mlp_dims
+    # a dataset name never selects defaults
+    with pytest.raises(TypeError, match="not a dataset name"):
+        default_config("criteo", "optinter")
     # Table IV stays reachable as an override set
-    assert apply_overrides(sample, {**PAPER_OVERRIDES["criteo"], "train.lr_o": 1e-4}).model.mlp_dims == (700,) * 5
+    assert apply_overrides(derived, {**PAPER_OVERRIDES["criteo"], "train.lr_o": 1e-4}).model.mlp_dims == (700,) * 5

@@ -33,12 +33,19 @@ def test_search_then_retrain(tiny_data, tmp_path):
     assert KEYS | ARCH_KEYS <= set(m)
     assert m["n_memorize"] + m["n_factorize"] + m["n_naive"] == 10
     out = tmp_path / "search"
-    assert sorted(p.name for p in out.iterdir()) == ["architecture.json", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["architecture.json", "config.json", "metrics.json"]
+    ran = json.loads((out / "config.json").read_text())
+    assert ran["config"] == json.loads(json.dumps(_cfg().to_dict())) and ran["data_stats"]["train_rows"] > 0
+    assert ran["differs_from_defaults"]  # the test's small settings are not the defaults
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(m))
     arch = Architecture.load(out / "architecture.json")
     assert arch.counts() == [m["n_memorize"], m["n_factorize"], m["n_naive"]] and arch.probs is not None
     assert tr.params["stage"] == "search" and tr.params["train.lr_a"] == 3e-3
-    assert "search_valid_auc" in {k for k, _, _ in tr.metrics}
+    # per-epoch curves have one point per epoch; the selected figure has its own name
+    assert [s for k, _, s in tr.metrics if k == "search_valid_auc"] == list(range(1, m["epochs"] + 1))
+    assert tr.last("search_best_valid_auc") == pytest.approx(m["search_valid_auc"])
+    assert tr.last("valid_auc") == pytest.approx(m["valid_auc"])  # the argmax model's: no curve of that name
+    assert "data_dir" not in tr.params and tr.tags["data_dir"] == str(data_dir)  # machine paths are tags
     assert not (tmp_path / "search.work").exists()
 
     tr2 = RecordingTracker()
@@ -47,6 +54,11 @@ def test_search_then_retrain(tiny_data, tmp_path):
     assert [r["n_memorize"], r["n_factorize"], r["n_naive"]] == arch.counts()
     assert (tmp_path / "retrain" / "model.pt").exists()
     assert tr2.last("test_auc") == pytest.approx(r["test_auc"])
+    assert [s for k, _, s in tr2.metrics if k == "valid_auc"] == list(range(1, r["epochs"] + 1))
+    assert tr2.last("best_valid_auc") == pytest.approx(r["valid_auc"])
+    assert tr2.last("best_valid_logloss") == pytest.approx(r["valid_logloss"])
+    assert tr2.last("mean_samples_per_s") == pytest.approx(r["samples_per_s"])
+    assert len([k for k, _, _ in tr2.metrics if k == "samples_per_s"]) == r["epochs"]
     assert any(p.endswith("metrics.json") for p, _ in tr2.artifacts)
 
 

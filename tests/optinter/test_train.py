@@ -250,3 +250,53 @@ def test_lr_decay_per_epoch_and_exact_after_resume(tiny_data, fmap, tmp_path, mo
     assert lrs_res == lrs[1:]
     for a, b in zip(full.parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_plateau_schedule_goes_back_to_the_best_epoch_and_halves_the_rates(tiny_data, fmap, tmp_path, monkeypatch):
+    """lr_schedule=plateau: an epoch that does not improve the (scripted) validation AUC restores the
+    best epoch's weights and halves Θ's rates; two in a row stop (patience 2); an interrupted run
+    resumes with the same rates and weights."""
+    import optinter.train as train_mod
+
+    data_dir, _ = tiny_data
+    cfg = _cfg("train.epochs=6", "train.patience=2", "train.max_steps_per_epoch=2", "train.lr_decay=0.5",
+               "train.lr_schedule=plateau")
+    aucs = [0.60, 0.70, 0.65, 0.72, 0.71, 0.70]
+    made = []
+    orig = train_mod.make_optimizers
+    monkeypatch.setattr(train_mod, "make_optimizers", lambda *a: made.append(orig(*a)) or made[-1])
+
+    def run(work, stop_after=None):
+        script = iter(aucs)
+        monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: {"auc": next(script), "logloss": 0.5, "rows": 1.0})
+        torch.manual_seed(0)
+        model = build_model("optinter_m", fmap, cfg.model)
+        tr, va, _ = _loaders(data_dir, fmap, model, cfg)
+        lrs, weights = [], {}
+
+        def hook(rec):
+            lrs.append(made[-1]["model"].param_groups[0]["lr"])
+            weights[rec.epoch] = model.mlp.out.weight.detach().clone()
+            if rec.epoch == stop_after:
+                raise _Interrupt
+
+        res = fit(model, tr, va, cfg, work, on_epoch_end=hook)
+        return model, res, lrs, weights
+
+    model, res, lrs, weights = run(tmp_path / "full")
+    # epochs 1, 2 improve; 3 does not (back to 2, rates x0.5); 4 improves; 5 does not (back to 4,
+    # x0.25); 6 does not either: two in a row, stop
+    assert res.epochs == 6 and res.best_epoch == 4
+    lr0 = cfg.train.lr_o
+    assert lrs == pytest.approx([lr0, lr0, lr0, lr0 / 2, lr0 / 2, lr0 / 4])
+    # after epoch 3 the weights went back to epoch 2's (the hook sees them after the restore)
+    torch.testing.assert_close(weights[3], weights[2], rtol=0, atol=0)
+    torch.testing.assert_close(model.mlp.out.weight.detach(), weights[4], rtol=0, atol=0)
+    with pytest.raises(_Interrupt):
+        run(tmp_path / "cut", stop_after=3)
+    # resumed: the script restarts, so skip the evaluated epochs
+    aucs[:] = aucs[3:]
+    resumed, res2, lrs2, _ = run(tmp_path / "cut")
+    assert lrs2 == pytest.approx(lrs[3:]) and res2.best_epoch == 4
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

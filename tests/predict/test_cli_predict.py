@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import assert_reproduces
+from scoring_helpers import assert_reproduces
 
 
 def optinter_cmd(args: list[str], trained, timeout: float = 240) -> subprocess.CompletedProcess:

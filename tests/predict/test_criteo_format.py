@@ -9,7 +9,7 @@ import gzip
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import assert_reproduces
+from scoring_helpers import assert_reproduces
 
 from optinter.config import RunConfig, apply_overrides
 from optinter.predict import Predictor

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from conftest import MODELS, assert_reproduces
+from scoring_helpers import MODELS, assert_reproduces
 
 import optinter
 from optinter.predict import Predictor

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MODELS, assert_reproduces
+from scoring_helpers import MODELS, assert_reproduces
 from test_services import _free_port  # tests/flows
 
 RAW = ["c0", "c1", "c2", "c3", "c4", "c5", "n0"]
