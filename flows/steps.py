@@ -323,7 +323,8 @@ def log_outputs(t: MlflowTracker, rec: StageRecord) -> None:
 
 
 def _copy_source_run(t: MlflowTracker, rec: StageRecord) -> None:
-    """Params, metric history and small artifacts of the run that computed a reused stage (when reachable)."""
+    """Params, metric history, small artifacts and the MLflow model of the run that computed a reused
+    stage (when reachable)."""
     if not rec.run_id:
         return
     try:
@@ -343,7 +344,8 @@ def _copy_source_run(t: MlflowTracker, rec: StageRecord) -> None:
     with tempfile.TemporaryDirectory(prefix="optinter-artifacts-") as tmp:
         try:
             files = [f for f in _artifact_infos(t, rec.run_id)
-                     if _is_artifact(rec.stage, f.path.rsplit("/", 1)[-1], f.file_size or 0)]
+                     if _is_artifact(rec.stage, f.path.rsplit("/", 1)[-1], f.file_size or 0)
+                     or f.path.startswith(f"{tr.MODEL_ARTIFACT}/")]  # the logged MLflow model, whole
             for f in files:
                 t.client.download_artifacts(rec.run_id, f.path, tmp)
         except Exception as e:  # noqa: BLE001 — artifacts gone: the local files are logged instead

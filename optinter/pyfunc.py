@@ -32,11 +32,10 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from .predict import ARCH_FILE, BUNDLE_ARTIFACT, ENCODER_DIR, METRICS_FILE, MODEL_FILE, Predictor, find_bundle
+from .tracking import MODEL_ARTIFACT
 
 log = logging.getLogger(__name__)
 
-#: Artifact path of the model in a training run (``runs:/<run id>/model``).
-MODEL_ARTIFACT = "model"
 #: Run tag with the model's URI.
 TAG_MODEL_URI = "optinter.model_uri"
 #: Distributions the model imports (pinned to the versions installed when it is saved).

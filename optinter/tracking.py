@@ -22,6 +22,8 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_DB = "mlflow.db"
+#: Artifact path of a trained model's MLflow model in its run (``runs:/<run id>/model``).
+MODEL_ARTIFACT = "model"
 
 
 @runtime_checkable
