@@ -6,7 +6,8 @@
 
 ``--data``: an encoded Criteo folder (``optinter preprocess --dataset criteo``); when it does not
 exist it is built from ../shared/data/criteo/split/{train,valid,test}.tsv.gz with the default
-criteo preprocessing. Each model is trained with ``default_config("criteo", model)`` (plus the
+criteo preprocessing. Each model is trained with ``default_config(feature_map, model)`` (the
+defaults derived from the data; plus the
 ``--set`` overrides, applied to every model) through ``optinter.stages.run_train``: early
 stopping and model selection on the validation AUC, one look at the test split. ``optinter`` is
 searched then re-trained (Algorithms 1 and 2). Prints one JSON line per model while running,
@@ -60,14 +61,15 @@ def main() -> None:
 
     from optinter.config import apply_overrides, default_config
     from optinter.registry import available_models
-    from optinter.stages import run_train
+    from optinter.stages import load_feature_map, run_train
 
     data = ensure_data(Path(args.data))
+    fmap = load_feature_map(data)
     rows = []
     names = available_models() if args.models == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
     for name in names:
         over = list(args.overrides) + ([f"train.num_threads={args.threads}"] if args.threads else [])
-        cfg = apply_overrides(default_config("criteo", name), over)
+        cfg = apply_overrides(default_config(fmap, name), over)
         t0 = time.perf_counter()
         m = run_train(data, name, Path(args.out) / name, cfg)
         m["wall"] = time.perf_counter() - t0
