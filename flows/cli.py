@@ -91,6 +91,13 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--experiment", default="optinter", help="MLflow experiment name")
     g.add_argument("--compare", type=_kv_json, action="append", default=[], metavar="KEY=VALUE",
                    help="CompareConfig setting of the compare stage, e.g. models=lr,fm seeds=2 (repeatable)")
+    g.add_argument("--score", type=_kv_json, action="append", default=[], metavar="KEY=VALUE",
+                   help="score stage setting (with --stages score): raw=FILE|GLOB|JSON list (required), "
+                        "model=RUN_ID|models:/NAME/VERSION (default: this run's re-trained OptInter), "
+                        "on_bad_rows=skip, id_columns=... (repeatable)")
+    g.add_argument("--register", action="append", default=[], metavar="[MODEL=]NAME",
+                   help="register a trained model in the MLflow Model Registry: NAME (the re-trained OptInter) "
+                        "or MODEL=NAME, e.g. deepfm=ctr-deepfm (repeatable)")
 
 
 def flow_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -105,7 +112,8 @@ def flow_params(args: argparse.Namespace) -> dict[str, Any]:
         baselines=baselines, seed=args.seed, artifact_root=args.artifact_root,
         force=[f for group in args.force for f in group] or None, from_run=args.from_run, stages=args.stages,
         experiment=args.experiment, quickstart=args.quickstart, compare=dict(args.compare) or None,
-        config_file=args.config, tune_mode=args.tune_mode, tune=dict(args.tune) or None)
+        config_file=args.config, tune_mode=args.tune_mode, tune=dict(args.tune) or None,
+        score=dict(args.score) or None, register_as=args.register or None)
 
 
 class Terminated(KeyboardInterrupt):
@@ -186,7 +194,7 @@ def register(subparsers: Any) -> None:
     s = subparsers.add_parser(
         "serve", help="register and serve the optinter/* deployments against a Prefect server",
         description="Register the deployments optinter/full-pipeline, preprocess, search, retrain, baselines, "
-                    "analyze, compare with the Prefect server at PREFECT_API_URL and run their flow runs "
+                    "analyze, compare, score with the Prefect server at PREFECT_API_URL and run their flow runs "
                     "until interrupted. Then: prefect deployment run optinter/full-pipeline --param dataset=synthetic")
     s.add_argument("--deployments", type=_csv, default=None, help="serve only these (comma-separated)")
     s.add_argument("--limit", type=int, default=None, help="max concurrent flow runs")

@@ -12,6 +12,7 @@ subprocesses (Prefect's ``serve``): no work pool or worker to set up. Deployment
 ``optinter/baselines``      preprocess + the baseline models
 ``optinter/analyze``        preprocess + search + mutual-information analysis and report
 ``optinter/compare``        preprocess + the paper's comparison tables
+``optinter/score``          raw files + a model (run id or ``models:/NAME/VERSION``) → scores
 ==========================  ===============================================================
 
 Every deployment takes the flow's parameters (``prefect deployment run optinter/retrain
@@ -33,6 +34,8 @@ DEPLOYMENTS: dict[str, tuple[list[str] | None, str]] = {
     "baselines": (["baselines"], "Train the baseline models on the encoded data."),
     "analyze": (["analyze"], "Mutual information of every pair vs the selected method; HTML report."),
     "compare": (["compare"], "The paper's comparison tables and figures (run_compare)."),
+    "score": (["score"], "Score raw files with a trained model: score={'raw': [files], 'model': run id or "
+                         "models:/NAME/VERSION} → scores.parquet under the artifact root."),
 }
 
 

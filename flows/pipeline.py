@@ -3,6 +3,7 @@
     validate → [synth] → preprocess → search → retrain ─┐
                                    └→ baselines (train:<model> …) ─┴→ evaluate → analyze
                                    └→ compare (when asked)
+    [register the models asked for] → score (when asked: raw files + a model → scores)
 
 Prefect's own result cache is off (``NO_CACHE``): stages are reused through content-keyed folders
 under the artifact root (``flows.cache``), which works across processes and machines and still
@@ -88,6 +89,16 @@ def compare_task(ctx: steps.Context, data: StageRecord) -> StageRecord:
     return steps.step_compare(ctx, data)
 
 
+@task(name="register", **_TASK)
+def register_task(ctx: steps.Context, trained: list[StageRecord]) -> dict[str, str]:
+    return steps.step_register(ctx, trained)
+
+
+@task(name="score", **_TASK)
+def score_task(ctx: steps.Context, retrain: StageRecord | None) -> StageRecord:
+    return steps.step_score(ctx, retrain)
+
+
 @flow(name=FLOW_NAME, description="OptInter: preprocess → search → re-train → evaluate → MI analysis, + baselines",
       validate_parameters=True)
 def optinter_flow(
@@ -113,6 +124,8 @@ def optinter_flow(
     config_file: str | None = None,
     tune_mode: str = "auto",
     tune: dict[str, Any] | None = None,
+    score: dict[str, Any] | None = None,
+    register_as: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline (or the ``stages`` asked for and what they need); returns ``steps.summarize``.
 
@@ -140,13 +153,19 @@ def optinter_flow(
         tune_mode: "auto" (default: tune the re-train on the validation split when the train split
             is small), "on" or "off".
         tune: ``TuneConfig`` settings of the ``tune`` stage (trials, minutes, space, parallel...).
+        score: the ``score`` stage: ``raw`` files to score, ``model`` (a run folder, an MLflow run
+            id or ``models:/NAME/VERSION``; default this run's re-trained OptInter) and options
+            of ``optinter.scoring.score_files`` (``on_bad_rows``, ``id_columns``, ...).
+        register_as: register trained models in the MLflow Model Registry: ``NAME`` (the re-trained
+            OptInter) or ``MODEL=NAME`` items.
     """
     logger = get_run_logger()
     params = dict(dataset=dataset, raw=raw, train_path=train_path, valid_path=valid_path, test_path=test_path,
                   synth=synth, preprocess=preprocess, oov_threshold=oov_threshold, cross_threshold=cross_threshold,
                   overrides=overrides, baselines=baselines, seed=seed, artifact_root=artifact_root, force=force,
                   from_run=from_run, stages=stages, experiment=experiment, quickstart=quickstart,
-                  compare=compare, config_file=config_file, tune_mode=tune_mode, tune=tune)
+                  compare=compare, config_file=config_file, tune_mode=tune_mode, tune=tune, score=score,
+                  register_as=register_as)
     try:
         spec = validate(params)
     except Exception as e:
@@ -163,7 +182,9 @@ def optinter_flow(
             synth_rec = synth_task(ctx)
         if synth_rec is not None:
             records["synth"] = synth_rec
-        data = records["preprocess"] = preprocess_task(ctx, synth_rec)
+        data = None
+        if spec.wants("preprocess"):
+            data = records["preprocess"] = preprocess_task(ctx, synth_rec)
         search = None
         if spec.wants("search") or "search" in reused:
             search = records["search"] = search_task(ctx, data)
@@ -173,8 +194,9 @@ def optinter_flow(
             if tuned is not None:
                 records[tuned.name] = tuned
         trained: list[StageRecord] = []
+        retrained = None
         if spec.wants("retrain"):
-            r = retrain_task(ctx, data, search, tuned)
+            r = retrained = retrain_task(ctx, data, search, tuned)
             records[r.name] = r
             trained.append(r)
         if spec.wants("baselines"):
@@ -189,6 +211,10 @@ def optinter_flow(
             records["analyze"] = analyze_task(ctx, data, search, synth_rec, trained)
         if spec.wants("compare"):
             records["compare"] = compare_task(ctx, data)
+        if spec.register_as:
+            register_task(ctx, trained)
+        if spec.wants("score"):
+            records["score"] = score_task(ctx, retrained)
         summary = steps.summarize(ctx, records, evaluate)
     except BaseException as e:
         steps.close_context(ctx, error=e)

@@ -23,7 +23,8 @@ from typing import Any, Iterable, Mapping, Sequence
 log = logging.getLogger(__name__)
 
 #: Every stage the flow knows, in execution order.
-STAGES = ("synth", "preprocess", "search", "tune", "retrain", "baselines", "evaluate", "analyze", "compare")
+STAGES = ("synth", "preprocess", "search", "tune", "retrain", "baselines", "evaluate", "analyze", "compare",
+          "score")
 #: What ``optinter/full-pipeline`` (and ``optinter run``) computes.
 FULL_PIPELINE = ("retrain", "baselines", "evaluate", "analyze")
 #: Direct dependencies; ``synth`` is needed by ``preprocess`` only for a synthetic dataset without files.
@@ -37,6 +38,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "evaluate": ("retrain", "baselines"),
     "analyze": ("search",),
     "compare": ("preprocess",),
+    "score": (),  # + retrain when no score.model is given (see resolve_spec)
 }
 #: Scopes an override may be prefixed with (besides model names).
 OVERRIDE_SCOPES = ("search", "retrain", "baselines", "compare")
@@ -99,6 +101,9 @@ class PipelineSpec:
     tune_mode: str = "auto"
     #: TuneConfig settings of the ``tune`` stage (over :data:`PIPELINE_TUNE`)
     tune: dict[str, Any] = field(default_factory=dict)
+    #: ``score`` stage settings (model, raw files, score_files options); ``register_as``: model → registry name
+    score: dict[str, Any] | None = None
+    register_as: dict[str, str] = field(default_factory=dict)
     needed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -267,6 +272,8 @@ def resolve_spec(
     config_file: str | None = None,
     tune_mode: str = "auto",
     tune: Mapping[str, Any] | None = None,
+    score: Mapping[str, Any] | None = None,
+    register_as: str | Sequence[str] | Mapping[str, str] | None = None,
 ) -> PipelineSpec:
     """Check every parameter and return the :class:`PipelineSpec`; raises :class:`SpecError`.
 
@@ -394,10 +401,16 @@ def resolve_spec(
         force=force, from_run=from_run, targets=targets, experiment=experiment,
         tracking_uri=tracking_uri or default_tracking_uri(), compare=dict(compare) if compare else None,
         config_file=config_file or None, tune_mode=tune_mode, tune=dict(tune or {}),
+        score=check_score(score, "score" in targets), register_as=parse_register(register_as, baselines),
     )
     if tune_mode not in TUNE_MODES:
         raise SpecError(f"parameter 'tune_mode': expected one of {', '.join(TUNE_MODES)}, got {tune_mode!r}")
+    if "score" in targets and not spec.score.get("model"):  # type: ignore[union-attr]
+        targets = targets + ["retrain"]  # score this run's re-trained OptInter
     spec.needed = needed_stages(targets, synth_cfg is not None, bool(baselines), tune=tune_mode != "off")
+    for m in spec.register_as:
+        if ("retrain" if m == SEARCH_MODEL else "baselines") not in spec.needed:
+            raise SpecError(f"parameter 'register_as': {m!r} is not trained by stages {targets}")
     if spec.wants("tune"):
         import dataclasses as _dc
 
@@ -440,3 +453,62 @@ def resolve_spec(
     if ("search" in spec.needed or "retrain" in spec.needed) and SEARCH_MODEL not in known:
         raise SpecError(f"model {SEARCH_MODEL!r} is not registered (known: {', '.join(known)})")
     return spec
+
+
+#: ``score`` keys besides the ``optinter.scoring.score_files`` options.
+SCORE_KEYS = ("model", "raw")
+#: ``score_files`` options that only say where / how fast to compute: not part of the stage key.
+SCORE_RUNTIME_OPTIONS = ("scheduler", "n_workers", "threads_per_worker", "processes", "local", "device")
+
+
+def check_score(score: Mapping[str, Any] | None, wanted: bool) -> dict[str, Any] | None:
+    """The ``score`` parameter checked: ``raw`` files (required; globs expanded), an optional ``model``
+    (a run folder, MLflow run id or model URI; default: this run's re-trained OptInter) and options
+    of :func:`optinter.scoring.score_files` (``on_bad_rows``, ``id_columns``, ``blocksize``, ...)."""
+    if not wanted:
+        if score:
+            raise SpecError("parameter 'score' is only used with stage 'score' (stages=['score'])")
+        return None
+    import inspect
+
+    from optinter.scoring import score_files
+
+    sc = dict(score or {})
+    options = [k for k in inspect.signature(score_files).parameters if k not in ("model", "raw", "out", "tracking_uri")]
+    unknown = sorted(set(sc) - set(SCORE_KEYS) - set(options))
+    if unknown:
+        raise SpecError(f"parameter 'score': unknown keys {unknown}; allowed: {sorted(SCORE_KEYS + tuple(options))}")
+    raw = sc.get("raw")
+    if not raw:
+        raise SpecError("parameter 'score': key 'raw' (the files to score) is required, e.g. "
+                        "score={'raw': ['new/*.tsv'], 'model': 'models:/ctr/1'}")
+    sc["raw"] = expand_paths([raw] if isinstance(raw, str) else list(raw), "score.raw")
+    if sc.get("on_bad_rows", "error") not in ("error", "skip"):
+        raise SpecError(f"parameter 'score': on_bad_rows must be 'error' or 'skip', got {sc['on_bad_rows']!r}")
+    ids = sc.get("id_columns", [])
+    sc["id_columns"] = [ids] if isinstance(ids, str) else list(ids)
+    if sc.get("model") is not None and not isinstance(sc["model"], str):
+        raise SpecError(f"parameter 'score': model must be a run folder, an MLflow run id or a model URI, "
+                        f"got {sc['model']!r}")
+    return sc
+
+
+def parse_register(register: str | Sequence[str] | Mapping[str, str] | None, baselines: Sequence[str]) -> dict[str, str]:
+    """``"NAME"`` (the re-trained OptInter), ``"MODEL=NAME"`` items or ``{model: name}`` → ``{model: name}``."""
+    if not register:
+        return {}
+    if isinstance(register, Mapping):
+        items = [f"{k}={v}" for k, v in register.items()]
+    else:
+        items = [register] if isinstance(register, str) else list(register)
+    out: dict[str, str] = {}
+    for item in items:
+        model, _, name = str(item).rpartition("=")
+        model, name = model.strip() or SEARCH_MODEL, name.strip()
+        if not name:
+            raise SpecError(f"parameter 'register_as': {item!r}: expected NAME or MODEL=NAME")
+        if model != SEARCH_MODEL and model not in baselines:
+            raise SpecError(f"parameter 'register_as': {item!r}: model {model!r} is not trained by this run "
+                            f"(optinter, or a baseline: {', '.join(baselines) or 'none'})")
+        out[model] = name
+    return out

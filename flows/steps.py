@@ -25,7 +25,8 @@ from typing import Any, Callable, Mapping, Sequence
 from optinter import tracking as tr
 from optinter.tracking import MlflowTracker, Tracker
 
-from .cache import MARKER, ArtifactStore, StageRecord, code_fingerprint, file_fingerprint, paths_fingerprint, stable_hash, stage_key
+from .cache import (MARKER, ArtifactStore, StageRecord, code_fingerprint, dir_fingerprint, file_fingerprint,
+                    paths_fingerprint, stable_hash, stage_key)
 from .spec import FULL_PIPELINE, SEARCH_MODEL, PipelineSpec, check_run_configs
 
 log = logging.getLogger(__name__)
@@ -322,7 +323,8 @@ def log_outputs(t: MlflowTracker, rec: StageRecord) -> None:
 
 
 def _copy_source_run(t: MlflowTracker, rec: StageRecord) -> None:
-    """Params, metric history and small artifacts of the run that computed a reused stage (when reachable)."""
+    """Params, metric history, small artifacts and the MLflow model of the run that computed a reused
+    stage (when reachable)."""
     if not rec.run_id:
         return
     try:
@@ -342,7 +344,8 @@ def _copy_source_run(t: MlflowTracker, rec: StageRecord) -> None:
     with tempfile.TemporaryDirectory(prefix="optinter-artifacts-") as tmp:
         try:
             files = [f for f in _artifact_infos(t, rec.run_id)
-                     if _is_artifact(rec.stage, f.path.rsplit("/", 1)[-1], f.file_size or 0)]
+                     if _is_artifact(rec.stage, f.path.rsplit("/", 1)[-1], f.file_size or 0)
+                     or f.path.startswith(f"{tr.MODEL_ARTIFACT}/")]  # the logged MLflow model, whole
             for f in files:
                 t.client.download_artifacts(rec.run_id, f.path, tmp)
         except Exception as e:  # noqa: BLE001 — artifacts gone: the local files are logged instead
@@ -727,6 +730,64 @@ def step_compare(ctx: Context, data: StageRecord) -> StageRecord:
                    datasets=[data_dataset(ctx, data)])
 
 
+def step_register(ctx: Context, trained: Sequence[StageRecord]) -> dict[str, str]:
+    """Register the models named by ``spec.register_as`` (model → name) from this run's training runs;
+    returns model → ``models:/<name>/<version>`` (also tagged on the model's run)."""
+    from optinter.pyfunc import register
+
+    by_model = {(r.name.split(":", 1)[-1]): r for r in trained}
+    out: dict[str, str] = {}
+    for model, name in ctx.spec.register_as.items():
+        rec = by_model.get(model)
+        if rec is None:
+            raise ValueError(f"register: model {model!r} was not trained in this run")
+        run_id = ctx.stage_runs[rec.name]
+        out[model] = register(run_id, name, ctx.tracking_uri)
+        ctx.tracker(run_id).set_tags({"optinter.registered_model": out[model]})
+        log.info("%s: registered as %s", rec.name, out[model])
+    return out
+
+
+def _score_model(ctx: Context, retrain: StageRecord | None) -> tuple[Path, dict[str, Any]]:
+    """The local bundle the score stage uses and its key material (the bundle's content, not its name)."""
+    from optinter.predict import resolve_model
+
+    ref = (ctx.spec.score or {}).get("model")
+    if ref is None:
+        if retrain is None:
+            raise ValueError("score: no score.model given and no re-trained model in this run")
+        return retrain.path, {"upstream": {"retrain": retrain.key}}
+    dst = ctx.store.work_dir / "score" / "_models" / stable_hash(str(ref), 12)
+    if dst.exists():
+        import shutil
+
+        shutil.rmtree(dst)  # a registry alias or "latest" may point elsewhere now: fetch again
+    bundle = resolve_model(str(ref), ctx.tracking_uri, dst=dst)
+    return bundle, {"model": dir_fingerprint(bundle)}
+
+
+def step_score(ctx: Context, retrain: StageRecord | None = None) -> StageRecord:
+    """Score raw files with a trained model (``score.model``, default this run's re-trained OptInter)
+    → ``scores.parquet`` + ``summary.json`` + ``histogram.png``; logs rows scored, rows/s, the score
+    histogram (``optinter.scoring.run_score``)."""
+    from .spec import SCORE_RUNTIME_OPTIONS
+
+    sc = dict(ctx.spec.score or {})
+    bundle, model_key = _score_model(ctx, retrain)
+    options = {k: v for k, v in sc.items() if k not in ("model", "raw")}
+    settings = {k: v for k, v in options.items() if k not in SCORE_RUNTIME_OPTIONS}
+
+    def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
+        from optinter.scoring import run_score
+
+        summary = run_score(bundle, sc["raw"], out, tracker=t, tracking_uri=ctx.tracking_uri, **options)
+        return {k: v for k, v in summary.items() if k not in ("histogram", "inputs")}
+
+    return execute(ctx, "score", {**model_key, "raw": paths_fingerprint(sc["raw"]), "settings": settings}, compute,
+                   params={"model_ref": str(sc["model"]) if sc.get("model") else getattr(retrain, "uri", ""),
+                           "files": len(sc["raw"])})
+
+
 # ---- whole pipeline (plain, in order; the Prefect flow mirrors it task by task) ----------------------------
 
 def summarize(ctx: Context, records: Mapping[str, StageRecord], evaluate: StageRecord | None) -> dict[str, Any]:
@@ -767,6 +828,6 @@ def failure_message(ctx: Context, error: BaseException) -> str:
 
 __all__ = [
     "Context", "open_context", "close_context", "resolve_reference", "execute", "step_synth", "step_preprocess",
-    "step_search", "step_retrain", "step_train", "step_evaluate", "step_analyze", "step_compare", "summarize",
-    "final_metrics", "failure_message", "error_text", "pipeline_run_name", "MARKER",
+    "step_search", "step_retrain", "step_train", "step_evaluate", "step_analyze", "step_compare", "step_register",
+    "step_score", "summarize", "final_metrics", "failure_message", "error_text", "pipeline_run_name", "MARKER",
 ]

@@ -7,6 +7,8 @@
     optinter train       train any registered model                         (optinter.cli_train)
     optinter analyze     mutual information, figures, report                (optinter.cli_analysis)
     optinter compare     the paper's tables (V–IX) and Fig. 4               (optinter.cli_analysis)
+    optinter predict     score raw files with a trained model → parquet    (optinter.cli_predict)
+    optinter register    register a trained model in the MLflow registry   (optinter.cli_predict)
     optinter run         the whole Prefect flow in-process (no server)      (flows.cli)
     optinter serve       serve the deployments against a Prefect server     (flows.cli)
 """
@@ -21,7 +23,7 @@ from typing import Sequence
 
 # Sub-command providers: each module exposes ``register(subparsers)``; each subparser sets
 # ``func(args) -> int | None`` as its default.
-_PROVIDERS = ("preprocess.cli", "optinter.cli_train", "optinter.cli_analysis", "flows.cli")
+_PROVIDERS = ("preprocess.cli", "optinter.cli_train", "optinter.cli_analysis", "optinter.cli_predict", "flows.cli")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -55,15 +55,9 @@ def split_files(data_dir: str | Path, fmap: FeatureMap, split: str) -> list[Path
     return files
 
 
-def check_split_schema(
-    data_dir: str | Path, fmap: FeatureMap, split: str, pair_names: Sequence[str] = ()
-) -> int:
-    """Check that every file of ``split`` has the needed columns with usable types; return its rows.
-
-    Raises ValueError naming the file and column on a missing column or a wrong type.
-    Multivalent fields need a list column of integers.
-    """
-    need: dict[str, str] = {fmap.label: "float"}
+def encoded_columns(fmap: FeatureMap, pair_names: Sequence[str] = (), label: bool = True) -> dict[str, str]:
+    """Column → kind (``int``, ``float``, ``list<int>``) of the encoded columns a model reads."""
+    need: dict[str, str] = {fmap.label: "float"} if label else {}
     for f in fmap.categorical:
         need[f.column] = "int"
     for f in fmap.multivalent:
@@ -75,23 +69,43 @@ def check_split_schema(
         if name not in pcol:
             raise ValueError(f"pair {name!r} is not in the feature map")
         need[pcol[name]] = "int"
+    return need
+
+
+def schema_problem(schema: pa.Schema, need: dict[str, str]) -> str | None:
+    """What a parquet schema lacks of ``need`` (:func:`encoded_columns`): a message naming the
+    column, or None when every column is there with a usable type."""
+    for col, kind in need.items():
+        idx = schema.get_field_index(col)
+        if idx < 0:
+            return f"missing column {col!r} needed by the model"
+        t = schema.field(idx).type
+        if kind == "list<int>":
+            ok = (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
+        elif kind == "int":
+            ok = pa.types.is_integer(t)
+        else:
+            ok = pa.types.is_floating(t) or pa.types.is_integer(t)
+        if not ok:
+            return f"column {col!r} has type {t}, expected {kind}"
+    return None
+
+
+def check_split_schema(
+    data_dir: str | Path, fmap: FeatureMap, split: str, pair_names: Sequence[str] = ()
+) -> int:
+    """Check that every file of ``split`` has the needed columns with usable types; return its rows.
+
+    Raises ValueError naming the file and column on a missing column or a wrong type.
+    Multivalent fields need a list column of integers.
+    """
+    need = encoded_columns(fmap, pair_names)
     rows = 0
     for path in split_files(data_dir, fmap, split):
         meta = pq.ParquetFile(path)
-        schema = meta.schema_arrow
-        for col, kind in need.items():
-            idx = schema.get_field_index(col)
-            if idx < 0:
-                raise ValueError(f"{path}: missing column {col!r} needed by the model")
-            t = schema.field(idx).type
-            if kind == "list<int>":
-                ok = (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
-            elif kind == "int":
-                ok = pa.types.is_integer(t)
-            else:
-                ok = pa.types.is_floating(t) or pa.types.is_integer(t)
-            if not ok:
-                raise ValueError(f"{path}: column {col!r} has type {t}, expected {kind}")
+        problem = schema_problem(meta.schema_arrow, need)
+        if problem:
+            raise ValueError(f"{path}: {problem}")
         rows += meta.metadata.num_rows
     expected = fmap.splits[split].rows
     if expected and rows != expected:
@@ -99,45 +113,17 @@ def check_split_schema(
     return rows
 
 
-class ParquetBatches:
-    """Iterable of :class:`Batch` (CPU tensors) over one split.
+class EncodedColumns:
+    """The encoded columns a model reads and their conversion to row-major arrays and batches.
 
-    ``pair_names``: the pair columns to read, in the column order of ``batch.pairs``
+    ``pair_names``: the pair columns, in the column order of ``batch.pairs``
     (``model.required_pairs()``; empty → ``batch.pairs`` is B × 0).
-    ``shuffle``: deterministic per (``seed``, epoch), epoch set with :meth:`set_epoch`.
     ``check_ids``: raise on ids ≥ vocab size (a cheap vectorized max per chunk).
-    ``prefetch``: number of batches prepared ahead in a background thread (0 = none).
     """
 
-    def __init__(
-        self,
-        data_dir: str | Path,
-        fmap: FeatureMap,
-        split: str,
-        batch_size: int,
-        pair_names: Sequence[str] = (),
-        shuffle: bool = False,
-        seed: int = 0,
-        shuffle_buffer: int = 200_000,
-        chunk_rows: int = 65_536,
-        drop_last: bool = False,
-        check_ids: bool = True,
-        prefetch: int = 2,
-    ) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.data_dir = Path(data_dir)
+    def __init__(self, fmap: FeatureMap, pair_names: Sequence[str] = (), check_ids: bool = True) -> None:
         self.fmap = fmap
-        self.split = split
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.shuffle_buffer = max(shuffle_buffer, batch_size)
-        self.chunk_rows = chunk_rows
-        self.drop_last = drop_last
         self.check_ids = check_ids
-        self.prefetch = prefetch
-        self.epoch = 0
         pairs = {p.name: p for p in fmap.pairs}
         missing = [n for n in pair_names if n not in pairs]
         if missing:
@@ -152,33 +138,6 @@ class ParquetBatches:
         self.pair_cols = [pairs[n].column for n in pair_names]
         self.pair_vocab = np.array([pairs[n].vocab_size for n in pair_names], dtype=np.int64)
         self.columns = self.cat_cols + self.multi_cols + self.cont_cols + self.pair_cols + [fmap.label]
-        self.units: list[_Unit] = []
-        for path in split_files(data_dir, fmap, split):
-            md = pq.ParquetFile(path).metadata
-            self.units.extend(_Unit(path, g, md.row_group(g).num_rows) for g in range(md.num_row_groups))
-        self.num_rows = sum(u.rows for u in self.units)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        """Number of batches per epoch."""
-        if self.drop_last:
-            return self.num_rows // self.batch_size
-        return -(-self.num_rows // self.batch_size)
-
-    # ---- reading -----------------------------------------------------------------------------------
-    def _chunks(self, units: Sequence[_Unit]) -> Iterator[dict[str, np.ndarray]]:
-        """Column arrays of at most ``chunk_rows`` rows, unit by unit."""
-        cur_path: Path | None = None
-        pf: pq.ParquetFile | None = None
-        for u in units:
-            if u.path != cur_path:
-                pf = pq.ParquetFile(u.path)
-                cur_path = u.path
-            assert pf is not None
-            for rb in pf.iter_batches(batch_size=self.chunk_rows, row_groups=[u.row_group], columns=self.columns):
-                yield self._convert(rb, u.path)
 
     @staticmethod
     def _stack(rb: pa.RecordBatch, cols: list[str], dtype: type, path: Path) -> np.ndarray:
@@ -237,8 +196,109 @@ class ParquetBatches:
             "multi": self._pad_lists(rb, path),
             "cont": np.ascontiguousarray(self._stack(rb, self.cont_cols, np.float32, path).T),
             "pairs": np.ascontiguousarray(pairs.T),
-            "label": np.array(rb.column(self.fmap.label).to_numpy(zero_copy_only=False), dtype=np.float32),
+            "label": (np.array(rb.column(self.fmap.label).to_numpy(zero_copy_only=False), dtype=np.float32)
+                      if self.fmap.label in rb.schema.names else np.zeros(rb.num_rows, dtype=np.float32)),
         }
+
+    @staticmethod
+    def _to_batch(arrs: dict[str, np.ndarray], sl: slice) -> Batch:
+        """Rows ``sl`` of the row-major buffers → B × K tensors (int64 ids; multi B × Fm × L)."""
+        return Batch(
+            torch.from_numpy(arrs["cat"][sl].astype(np.int64)),
+            torch.from_numpy(arrs["cont"][sl].copy()),
+            torch.from_numpy(arrs["pairs"][sl].astype(np.int64)),
+            torch.from_numpy(arrs["label"][sl].copy()),
+            torch.from_numpy(arrs["multi"][sl].astype(np.int64)),
+        )
+
+    def convert(self, rb: pa.RecordBatch | pa.Table, where: str | Path = "input") -> dict[str, np.ndarray]:
+        """Row-major arrays of an encoded record batch or table (``cat`` n × Fc int32, ``multi``
+        n × Fm × L int32, ``cont`` n × Fn float32, ``pairs`` n × P' int32, ``label`` n float32 —
+        zeros when the table has no label); ids are checked against the vocabularies."""
+        if isinstance(rb, pa.Table):
+            rb = rb.combine_chunks().to_batches()[0] if rb.num_rows else \
+                pa.RecordBatch.from_pylist([], schema=rb.schema)
+        return self._convert(rb, Path(str(where)))
+
+    def batches(self, arrs: dict[str, np.ndarray], batch_size: int) -> Iterator[Batch]:
+        """:class:`Batch` es of ``batch_size`` rows (the last one shorter) over converted arrays."""
+        n = int(arrs["label"].shape[0])
+        for s in range(0, n, batch_size):
+            yield self._to_batch(arrs, slice(s, min(s + batch_size, n)))
+
+
+class ParquetBatches(EncodedColumns):
+    """Iterable of :class:`Batch` (CPU tensors) over one split (or the encoded parquet ``files``).
+
+    ``pair_names``: the pair columns to read, in the column order of ``batch.pairs``
+    (``model.required_pairs()``; empty → ``batch.pairs`` is B × 0).
+    ``shuffle``: deterministic per (``seed``, epoch), epoch set with :meth:`set_epoch`.
+    ``check_ids``: raise on ids ≥ vocab size (a cheap vectorized max per chunk).
+    ``prefetch``: number of batches prepared ahead in a background thread (0 = none).
+    ``files``: read these parquet files instead of the split's (files without the label column
+    give ``batch.label`` = 0).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        fmap: FeatureMap,
+        split: str,
+        batch_size: int,
+        pair_names: Sequence[str] = (),
+        shuffle: bool = False,
+        seed: int = 0,
+        shuffle_buffer: int = 200_000,
+        chunk_rows: int = 65_536,
+        drop_last: bool = False,
+        check_ids: bool = True,
+        prefetch: int = 2,
+        files: Sequence[str | Path] | None = None,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        super().__init__(fmap, pair_names, check_ids)
+        self.data_dir = Path(data_dir)
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.shuffle_buffer = max(shuffle_buffer, batch_size)
+        self.chunk_rows = chunk_rows
+        self.drop_last = drop_last
+        self.prefetch = prefetch
+        self.epoch = 0
+        self.units: list[_Unit] = []
+        paths = [Path(f) for f in files] if files is not None else split_files(data_dir, fmap, split)
+        for path in paths:
+            pf = pq.ParquetFile(path)
+            md = pf.metadata
+            if fmap.label not in pf.schema_arrow.names and self.columns[-1] == fmap.label:
+                self.columns = self.columns[:-1]  # unlabelled files: batch.label is 0
+            self.units.extend(_Unit(path, g, md.row_group(g).num_rows) for g in range(md.num_row_groups))
+        self.num_rows = sum(u.rows for u in self.units)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        """Number of batches per epoch."""
+        if self.drop_last:
+            return self.num_rows // self.batch_size
+        return -(-self.num_rows // self.batch_size)
+
+    # ---- reading -----------------------------------------------------------------------------------
+    def _chunks(self, units: Sequence[_Unit]) -> Iterator[dict[str, np.ndarray]]:
+        """Column arrays of at most ``chunk_rows`` rows, unit by unit."""
+        cur_path: Path | None = None
+        pf: pq.ParquetFile | None = None
+        for u in units:
+            if u.path != cur_path:
+                pf = pq.ParquetFile(u.path)
+                cur_path = u.path
+            assert pf is not None
+            for rb in pf.iter_batches(batch_size=self.chunk_rows, row_groups=[u.row_group], columns=self.columns):
+                yield self._convert(rb, u.path)
 
     @staticmethod
     def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -253,17 +313,6 @@ class ParquetBatches:
     @staticmethod
     def _take(arrs: dict[str, np.ndarray], sl: slice | np.ndarray) -> dict[str, np.ndarray]:
         return {k: v[sl] for k, v in arrs.items()}
-
-    @staticmethod
-    def _to_batch(arrs: dict[str, np.ndarray], sl: slice) -> Batch:
-        """Rows ``sl`` of the row-major buffers → B × K tensors (int64 ids; multi B × Fm × L)."""
-        return Batch(
-            torch.from_numpy(arrs["cat"][sl].astype(np.int64)),
-            torch.from_numpy(arrs["cont"][sl].copy()),
-            torch.from_numpy(arrs["pairs"][sl].astype(np.int64)),
-            torch.from_numpy(arrs["label"][sl].copy()),
-            torch.from_numpy(arrs["multi"][sl].astype(np.int64)),
-        )
 
     def _iter_ordered(self) -> Iterator[Batch]:
         pending: list[dict[str, np.ndarray]] = []

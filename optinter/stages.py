@@ -6,6 +6,10 @@ Each one validates the configuration, the feature map, the architecture and the 
 best (validation-AUC) weights, writes its outputs into a temporary folder that is renamed to
 ``out_dir`` at the end, logs params / metrics / artifacts to the tracker and returns the metrics.
 
+Re-train and train also write ``encoder/`` (the data's feature map and the vocabularies the model
+needs, :func:`preprocess.encoder.export_encoder`), so the output folder alone scores raw rows
+(:mod:`optinter.predict`), and log the model as an MLflow pyfunc model when the tracker logs models.
+
 ``metrics.json`` keys: ``model``, ``stage``, ``valid_auc``, ``valid_logloss``, ``test_auc``,
 ``test_logloss``, ``params``, ``epochs``, ``best_epoch``, ``seconds``, ``samples_per_s``, and for
 models with an architecture ``n_memorize``, ``n_factorize``, ``n_naive``, ``arch_hash``.
@@ -38,6 +42,8 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt"
+#: The encoder state in a trained model's folder (feature map + vocabularies it needs).
+ENCODER_DIR = "encoder"
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
@@ -130,11 +136,17 @@ def _fit_metrics(name: str, stage: str, model: CTRModel, res: FitResult, valid: 
     }
 
 
-def _save_model(path: Path, name: str, model: CTRModel, cfg: RunConfig, fmap: FeatureMap,
-                arch: Architecture | None) -> None:
+def save_bundle(out: Path, name: str, model: CTRModel, cfg: RunConfig, fmap: FeatureMap, arch: Architecture | None,
+                data_dir: str | Path) -> None:
+    """What scoring needs (:mod:`optinter.predict`): ``model.pt`` (weights, name, config, architecture,
+    feature-map hash) and ``encoder/`` (the feature map and the vocabularies of the pairs the model
+    reads, :func:`preprocess.encoder.export_encoder`)."""
+    from preprocess.encoder import export_encoder
+
     torch.save({"model": name, "state_dict": {k: v for k, v in model.state_dict().items()},
                 "config": cfg.to_dict(), "architecture": arch.to_dict() if arch is not None else None,
-                "feature_map_hash": fmap.content_hash}, path)
+                "feature_map_hash": fmap.content_hash}, out / MODEL_FILE)
+    export_encoder(data_dir, out / ENCODER_DIR, model.required_pairs())
 
 
 CONFIG_FILE = "config.json"
@@ -163,6 +175,13 @@ def _finish(tr: Tracker, out: Path, metrics: dict[str, Any], prefixes: tuple[str
     for f in sorted(out.iterdir()):
         if f.suffix == ".json":
             tr.log_artifact(f)
+
+
+def _log_model(tr: Tracker, out: Path) -> None:
+    """The trained model in ``out`` as an MLflow pyfunc model, when the tracker logs models."""
+    log_model = getattr(tr, "log_model", None)
+    if log_model is not None:
+        log_model(out)
 
 
 # ---- search ------------------------------------------------------------------------------------------
@@ -250,7 +269,7 @@ def _train_core(data_dir: str | Path, fmap: FeatureMap, cfg: RunConfig, name: st
     metrics = _fit_metrics(name, stage, model, res, valid, test, fmap)
     if arch is not None:
         metrics.update({**arch.count_dict(), "arch_hash": arch.hash(), "arch_source": arch.source})
-    _save_model(out / MODEL_FILE, name, model, cfg, fmap, arch)
+    save_bundle(out, name, model, cfg, fmap, arch, data_dir)
     return metrics
 
 
@@ -279,6 +298,7 @@ def run_retrain(data_dir: str | Path, arch_path: str | Path, out_dir: str | Path
         _write_config(tmp / CONFIG_FILE, cfg, fmap, arch.model)
     shutil.rmtree(work, ignore_errors=True)
     _finish(tr, Path(out_dir), metrics)
+    _log_model(tr, Path(out_dir))
     log.info("retrain done: %s", _summary(metrics))
     return metrics
 
@@ -316,6 +336,7 @@ def run_train(data_dir: str | Path, model_name: str, out_dir: str | Path, cfg: R
         _write_config(tmp / CONFIG_FILE, cfg, fmap, model_name)
     shutil.rmtree(work, ignore_errors=True)
     _finish(tr, Path(out_dir), metrics, ("search_", "") if searched else ("",))
+    _log_model(tr, Path(out_dir))
     log.info("train done: %s", _summary(metrics))
     return metrics
 

@@ -1,6 +1,8 @@
 """Experiment tracking behind a small protocol, so library code never imports MLflow directly.
 
-Library functions take ``tracker: Tracker | None``; ``None`` means :class:`NullTracker`.
+Library functions take ``tracker: Tracker | None``; ``None`` means :class:`NullTracker`. A tracker
+may also have ``log_model(bundle_dir)`` (the training stages then log the trained model;
+:class:`MlflowTracker` logs it as an MLflow pyfunc model, :mod:`optinter.pyfunc`).
 :class:`MlflowTracker` logs into one MLflow run (created by the caller, usually a nested run per
 stage or per model); Prefect runs tasks in threads and MLflow's active run is per thread, so the
 tracker always addresses its run by id through ``MlflowClient`` instead of the fluent API.
@@ -20,6 +22,8 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_DB = "mlflow.db"
+#: Artifact path of a trained model's MLflow model in its run (``runs:/<run id>/model``).
+MODEL_ARTIFACT = "model"
 
 
 @runtime_checkable
@@ -62,6 +66,9 @@ class NullTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:  # noqa: D102
         pass
 
+    def log_model(self, bundle_dir: str | Path) -> None:  # noqa: D102 — optional: trained-model logging
+        pass
+
     def child(self, name: str, tags: Mapping[str, Any] | None = None) -> "Tracker":  # noqa: D102
         return NullTracker()
 
@@ -77,6 +84,7 @@ class RecordingTracker(NullTracker):
         self.metrics: list[tuple[str, float, int | None]] = []
         self.tags: dict[str, Any] = {}
         self.artifacts: list[tuple[str, str | None]] = []
+        self.models: list[str] = []
         self.children: list[tuple[str, dict[str, Any], RecordingTracker]] = []
         self.status: str | None = None
 
@@ -100,6 +108,9 @@ class RecordingTracker(NullTracker):
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:  # noqa: D102
         self.artifacts.append((str(path), artifact_path))
+
+    def log_model(self, bundle_dir: str | Path) -> None:  # noqa: D102
+        self.models.append(str(bundle_dir))
 
     def last(self, key: str) -> float:
         """Last logged value of metric ``key``."""
@@ -182,6 +193,15 @@ class MlflowTracker:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
         else:
             log.warning("artifact %s does not exist; not logged", path)
+
+    def log_model(self, bundle_dir: str | Path) -> None:
+        """The trained model in ``bundle_dir`` as an MLflow pyfunc model at ``runs:/<run id>/model``."""
+        import importlib
+
+        # imported by a computed name: the MLflow model writes nothing into a stage's folder, so the
+        # stages' code fingerprints (flows.cache, which reads import statements) need not cover it
+        pyfunc = importlib.import_module(f"{__package__}.pyfunc")
+        pyfunc.log_pyfunc_model(self.client, self.run_id, bundle_dir)
 
 
 def as_tracker(tracker: Tracker | None) -> Tracker:
@@ -458,3 +478,17 @@ def child_runs(parent_run_id: str, tracking_uri: str | None = None) -> list:
                               filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
                               max_results=1000, order_by=["attributes.start_time ASC"])
     return list(runs)
+
+
+def download_artifacts(uri: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
+    """Download ``uri`` (``runs:/<id>/<path>``, ``models:/<name>/<version>``, ...) into ``dst``; a
+    ``ValueError`` naming the URI and the tracking store when it cannot be fetched."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file otherwise
+    tracking_uri = tracking_uri or default_tracking_uri()
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri))
+    except (MlflowException, OSError) as e:
+        raise ValueError(f"{uri!r}: cannot download it from tracking store {tracking_uri} ({e})") from None

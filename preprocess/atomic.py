@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _temp_beside(out: Path) -> Path:
+    """A new empty folder ``.<name>.tmp-*`` in the parent of ``out`` (created if needed)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+
 @contextmanager
 def atomic_output_dir(out_dir: str | os.PathLike[str], merge: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``out_dir`` (``.<name>.tmp-*``); on success it becomes
@@ -23,8 +29,7 @@ def atomic_output_dir(out_dir: str | os.PathLike[str], merge: bool = False) -> I
     other entries of ``out_dir`` alone.
     """
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = _temp_beside(out)
     try:
         yield tmp
     except BaseException:
@@ -44,6 +49,17 @@ def atomic_output_dir(out_dir: str | os.PathLike[str], merge: bool = False) -> I
         os.replace(out, old / out.name)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def scratch_beside(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary folder beside ``path`` (``.<name>.tmp-*``, same file system: a file written there
+    is moved onto ``path`` with ``os.replace``), removed at the end whatever happens."""
+    tmp = _temp_beside(Path(path))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def json_path(path: str | Path, default_name: str) -> Path:

@@ -32,8 +32,12 @@ QUIET_CONFIG: dict[str, object] = {
 @contextmanager
 def dask_client(scheduler: str | None = None, n_workers: int = 2, threads_per_worker: int = 1,
                 processes: bool = True) -> Iterator["distributed.Client"]:  # type: ignore[name-defined]  # noqa: F821
+    level = logging.getLogger("distributed").level
     import dask
     from distributed import Client, LocalCluster
+
+    if level:  # importing distributed sets its logger to INFO: keep what the application chose
+        logging.getLogger("distributed").setLevel(level)
 
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:

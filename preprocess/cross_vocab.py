@@ -215,13 +215,20 @@ class CrossVocab:
             np.savez(fh, **arrays)
 
     @classmethod
-    def load(cls, path: str | Path) -> "CrossVocab":
+    def load(cls, path: str | Path, pairs: Sequence[str] | None = None) -> "CrossVocab":
+        """Read what :meth:`save` wrote; ``pairs``: only these pairs (the others are not read)."""
         path = Path(path)
         meta = json.loads(path.with_suffix(".json").read_text())
+        names = list(meta["pairs"]) if pairs is None else list(pairs)
+        index = {n: i for i, n in enumerate(meta["pairs"])}
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            raise ValueError(f"{path.with_suffix('.json')}: no pairs {unknown[:5]} in this cross vocabulary")
         cv = cls(threshold=meta["threshold"], thresholds=meta["thresholds"])
         cv._init_state()
         with np.load(path.with_suffix(".npz")) as z:
-            for i, n in enumerate(meta["pairs"]):
-                cv.keys_[n], cv.counts_[n] = z[f"k{i}"], z[f"c{i}"]
-        cv.distinct_, cv.vocab_b_, cv.thresholds_ = meta["distinct_"], meta["vocab_b_"], meta["thresholds_"]
+            for n in names:
+                cv.keys_[n], cv.counts_[n] = z[f"k{index[n]}"], z[f"c{index[n]}"]
+        for attr in ("distinct_", "vocab_b_", "thresholds_"):
+            setattr(cv, attr, {n: meta[attr][n] for n in names})
         return cv

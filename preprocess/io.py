@@ -123,14 +123,42 @@ def line_starts(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts.astype(np.int64), (ends - starts).astype(np.int64)
 
 
-def parse_block(data: bytes, columns: list[str], sep: str, label: str, categorical: list[str],
+def parse_numbers(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A string column read as numbers: ``(values, bad)``, both of shape N.
+
+    ``values`` is float64 with NaN for a missing cell (empty after trimming blanks, or null) and for
+    ±inf; ``bad`` marks the cells that are not numbers (their value is NaN too).
+    """
+    col = pc.utf8_trim_whitespace(col.cast(pa.string()).fill_null(""))
+    miss = pc.equal(col, "").to_numpy(zero_copy_only=False)
+    badnum = np.zeros(len(col), dtype=bool)
+    try:
+        num = pc.cast(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col, pa.float64(), safe=True) \
+            if not miss.any() else None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        num = None
+    if num is None:
+        valid = pc.match_substring_regex(col, _NUM_RE).to_numpy(zero_copy_only=False)
+        badnum = ~valid & ~miss
+        clean = pc.if_else(pa.array(valid), col, pa.scalar(None, pa.string()))
+        arr = pc.cast(clean, pa.float64()).to_numpy(zero_copy_only=False)
+    else:
+        arr = num.to_numpy(zero_copy_only=False).astype(np.float64)
+    fin = np.isfinite(arr) | np.isnan(arr)
+    arr = np.where(np.isinf(arr), np.nan, arr) if not fin.all() else arr
+    return np.asarray(arr, dtype=np.float64), badnum
+
+
+def parse_block(data: bytes, columns: list[str], sep: str, label: str | None, categorical: list[str],
                 continuous: list[str]) -> dict[str, Any]:
     """Parse one block.
 
     Returns ``{"table": pa.Table of good rows, "offsets": int64 byte offset of each good row's line
-    in the block, "n_lines": physical lines, "bad": [(line_index_in_block, reason, detail), ...]}``.
+    in the block, "lines": int64 index of each good row's line in the block, "n_lines": physical
+    lines, "bad": [(line_index_in_block, reason, detail), ...]}``.
     In the table the label is int8, continuous columns float64 (NaN = missing) and every other
-    column a dictionary-encoded string (missing = ``""``).
+    column a dictionary-encoded string (missing = ``""``). ``label=None`` (scoring) reads no label:
+    a label column, if the file has one, is then ignored like any column not asked for.
     """
     buf = np.frombuffer(data, dtype=np.uint8)
     starts, lengths = line_starts(buf)
@@ -149,7 +177,9 @@ def parse_block(data: bytes, columns: list[str], sep: str, label: str, categoric
         return "skip"
 
     types = {c: DICT_STR for c in columns}
-    types[label] = pa.string()
+    lead = [label] if label is not None else []
+    for c in lead:
+        types[c] = pa.string()
     for c in continuous:
         types[c] = pa.string()
     if len(nonempty):
@@ -160,7 +190,7 @@ def parse_block(data: bytes, columns: list[str], sep: str, label: str, categoric
                                             newlines_in_values=False, invalid_row_handler=handler),
             convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=False,
                                                 quoted_strings_can_be_null=False,
-                                                include_columns=[label] + [c for c in columns if c in categorical or c in continuous]),
+                                                include_columns=lead + [c for c in columns if c in categorical or c in continuous]),
         )
     else:
         table = pa.table({c: pa.array([], types[c]) for c in columns})
@@ -177,40 +207,27 @@ def parse_block(data: bytes, columns: list[str], sep: str, label: str, categoric
         raise PreprocessError(f"internal: parsed {table.num_rows} rows for {len(good_lines)} lines", reason="internal")
 
     ok = np.ones(table.num_rows, dtype=bool)
-    # label: exactly "0" or "1" (surrounding blanks / "\r" tolerated)
-    lab = pc.utf8_trim_whitespace(table[label])
-    is0 = pc.equal(lab, "0").to_numpy(zero_copy_only=False)
-    is1 = pc.equal(lab, "1").to_numpy(zero_copy_only=False)
-    badlab = ~(is0 | is1)
-    if badlab.any():
-        vals = table[label].to_pylist()
-        for r in np.flatnonzero(badlab):
-            bad.append((int(good_lines[r]), BAD_LABEL, f"label {label!r} must be 0 or 1, got {vals[r]!r}"))
-        ok &= ~badlab
-    out: dict[str, Any] = {label: pa.array(is1.astype(np.int8))}
+    out: dict[str, Any] = {}
+    if label is not None:
+        # label: exactly "0" or "1" (surrounding blanks / "\r" tolerated)
+        lab = pc.utf8_trim_whitespace(table[label])
+        is0 = pc.equal(lab, "0").to_numpy(zero_copy_only=False)
+        is1 = pc.equal(lab, "1").to_numpy(zero_copy_only=False)
+        badlab = ~(is0 | is1)
+        if badlab.any():
+            vals = table[label].to_pylist()
+            for r in np.flatnonzero(badlab):
+                bad.append((int(good_lines[r]), BAD_LABEL, f"label {label!r} must be 0 or 1, got {vals[r]!r}"))
+            ok &= ~badlab
+        out[label] = pa.array(is1.astype(np.int8))
     for c in continuous:
-        col = pc.utf8_trim_whitespace(table[c])
-        miss = pc.equal(col, "").to_numpy(zero_copy_only=False)
-        try:
-            num = pc.cast(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col, pa.float64(), safe=True) \
-                if not miss.any() else None
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            num = None
-        if num is None:
-            valid = pc.match_substring_regex(col, _NUM_RE).to_numpy(zero_copy_only=False)
-            badnum = ~valid & ~miss
-            if badnum.any():
-                vals = table[c].to_pylist()
-                for r in np.flatnonzero(badnum):
-                    bad.append((int(good_lines[r]), BAD_NUMBER, f"column {c!r}: not a number: {vals[r]!r}"))
-                ok &= ~badnum
-            clean = pc.if_else(pa.array(valid), col, pa.scalar(None, pa.string()))
-            arr = pc.cast(clean, pa.float64()).to_numpy(zero_copy_only=False)
-        else:
-            arr = num.to_numpy(zero_copy_only=False).astype(np.float64)
-        fin = np.isfinite(arr) | np.isnan(arr)
-        arr = np.where(np.isinf(arr), np.nan, arr) if not fin.all() else arr
-        out[c] = pa.array(np.asarray(arr, dtype=np.float64))
+        arr, badnum = parse_numbers(table[c])
+        if badnum.any():
+            vals = table[c].to_pylist()
+            for r in np.flatnonzero(badnum):
+                bad.append((int(good_lines[r]), BAD_NUMBER, f"column {c!r}: not a number: {vals[r]!r}"))
+            ok &= ~badnum
+        out[c] = pa.array(arr)
     for c in columns:
         if c != label and c not in continuous and c in categorical:
             col = table[c]
@@ -220,7 +237,8 @@ def parse_block(data: bytes, columns: list[str], sep: str, label: str, categoric
         typed = typed.filter(pa.array(ok))
         good_lines = good_lines[ok]
     bad.sort()
-    return {"table": typed, "offsets": starts[good_lines], "n_lines": n_lines, "bad": bad}
+    return {"table": typed, "offsets": starts[good_lines], "lines": good_lines.astype(np.int64), "n_lines": n_lines,
+            "bad": bad}
 
 
 def read_range(path: str, start: int, end: int) -> bytes:

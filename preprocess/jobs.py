@@ -18,6 +18,9 @@ size, :data:`SLOT_ENTRIES` and the vocabulary sizes, not on the number of rows.
                         :class:`CrossVocab`
 6. :func:`encode_pairs` final parquet: field ids (``list<int32>`` for multivalent fields, see
                         :mod:`preprocess.multivalent`), pair ids, continuous values, label
+
+What happens to a row in 1, 5 and 6 is :mod:`preprocess.encoder` (field columns, field ids, pair
+ids): the same functions encode new raw rows at scoring time.
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
 from preprocess.cross_vocab import CrossVocab, bucket_width, count_pair, merge_buckets, reduce_pair, split_buckets
+from preprocess.encoder import encode_field_columns, field_columns, pair_columns
 from preprocess.errors import PreprocessError
 from preprocess.feature_map import pair_column
 from preprocess.io import Block, parse_block, read_range
-from preprocess.minmax import MinMaxScaler, bucket_tokens
-from preprocess.multivalent import count_tokens, encode_tokens
+from preprocess.minmax import MinMaxScaler
+from preprocess.multivalent import count_tokens
 from preprocess.oov import OOVThresholder, count_values, reduce_counts
 from preprocess.split import SPLIT_NAMES, assign_split
 
@@ -52,22 +56,42 @@ MAX_BAD_EXAMPLES = 20
 SLOT_ENTRIES = 1 << 20
 
 
-def _run(client: Any, fn: Callable, items: list, what: str, **kwargs: Any) -> list:
-    """Map ``fn`` over ``items`` on the cluster, log progress, return results in item order."""
+def run_tasks(client: Any, fn: Callable, items: list, what: str, count: Callable[[Any], int] | None = None,
+              **kwargs: Any) -> list:
+    """Map ``fn`` over ``items`` on the cluster, log progress, return results in item order.
+
+    ``client=None`` runs the items one after the other in this process (same progress log).
+    ``count(result)``: rows of a result, added to the progress line (``N rows, R rows/s``).
+    """
+    t0 = time.perf_counter()
+    call = functools.partial(fn, **kwargs) if kwargs else fn
+    out: list = [None] * len(items)
+    step = max(1, len(items) // 10)
+    rows = 0
+
+    def progress(done: int, result: Any) -> None:
+        nonlocal rows
+        rows += count(result) if count is not None else 0
+        if done % step == 0 or done == len(items):
+            dt = time.perf_counter() - t0
+            extra = f", {rows:,} rows, {rows / dt:,.0f} rows/s" if count is not None and dt > 0 else ""
+            log.info("%s: %d/%d partitions (%.1fs%s)", what, done, len(items), dt, extra)
+
+    if client is None:
+        for i, item in enumerate(items):
+            out[i] = call(item)
+            progress(i + 1, out[i])
+        return out
     from distributed import as_completed
 
-    t0 = time.perf_counter()
-    futs = client.map(functools.partial(fn, **kwargs) if kwargs else fn, items, pure=False)
+    futs = client.map(call, items, pure=False)
     pos = {f.key: i for i, f in enumerate(futs)}
-    out: list = [None] * len(futs)
-    step = max(1, len(futs) // 10)
     done = 0
     try:
         for fut in as_completed(futs):
             out[pos[fut.key]] = fut.result()
             done += 1
-            if done % step == 0 or done == len(futs):
-                log.info("%s: %d/%d partitions (%.1fs)", what, done, len(futs), time.perf_counter() - t0)
+            progress(done, out[pos[fut.key]])
     except BaseException:
         client.cancel(futs)
         raise
@@ -75,17 +99,6 @@ def _run(client: Any, fn: Callable, items: list, what: str, **kwargs: Any) -> li
 
 
 # ---- 1. ingest ------------------------------------------------------------------------------------
-def _derive(fn: str, col: pa.Array) -> pa.Array:
-    s = col.cast(pa.string()) if pa.types.is_dictionary(col.type) else col
-    s = pc.utf8_trim_whitespace(s)
-    if fn == "hour_of_day":
-        r = pc.utf8_slice_codeunits(s, 6, 8)
-    else:  # weekday of YYMMDD..
-        d = pc.strptime(pc.utf8_slice_codeunits(s, 0, 6), format="%y%m%d", unit="s", error_is_null=True)
-        r = pc.day_of_week(d).cast(pa.string())
-    return r.fill_null("")
-
-
 def ingest_block(block: Block, spec: dict[str, Any]) -> dict[str, Any]:
     """Task: parse one block, split its rows, write typed Arrow IPC per split and train statistics."""
     data = read_range(block.path, block.start, block.end)
@@ -103,16 +116,7 @@ def ingest_block(block: Block, spec: dict[str, Any]) -> dict[str, Any]:
     else:
         sp = np.full(n, block.split, dtype=np.int8)
     cols: dict[str, Any] = {spec["label"]: t[spec["label"]]}
-    derived = spec["derived"]
-    for name, kind, source, bucketized in spec["fields"]:
-        if kind == "continuous":
-            cols[name] = t[source]
-        elif bucketized:
-            cols[name] = bucket_tokens(t[source].to_numpy()).dictionary_encode()
-        elif name in derived:
-            cols[name] = _derive(derived[name], t[source]).dictionary_encode()
-        else:
-            cols[name] = t[source]
+    cols.update(field_columns(t, spec["fields"], spec["derived"]))
     typed = pa.table(cols)
     work = Path(spec["work"])
     label_np = t[spec["label"]].to_numpy()
@@ -146,7 +150,7 @@ def ingest(client: Any, blocks: list[Block], spec: dict[str, Any]) -> list[dict[
         (work / "typed" / s).mkdir(parents=True, exist_ok=True)
     for fi in range(len(spec["cat_fields"])):
         (work / "counts" / f"f{fi:03d}").mkdir(parents=True, exist_ok=True)
-    return _run(client, ingest_block, blocks, "ingest", spec=spec)
+    return run_tasks(client, ingest_block, blocks, "ingest", spec=spec)
 
 
 # ---- 3. OOV ---------------------------------------------------------------------------------------
@@ -162,7 +166,7 @@ def fit_oov(client: Any, spec: dict[str, Any], oov: OOVThresholder) -> OOVThresh
     work = Path(spec["work"])
     names = spec["cat_fields"]
     dirs = [str(work / "counts" / f"f{fi:03d}") for fi in range(len(names))]
-    res = _run(client, reduce_field, list(zip(dirs, [oov.threshold_for(n) for n in names])), "OOV vocabulary")
+    res = run_tasks(client, reduce_field, list(zip(dirs, [oov.threshold_for(n) for n in names])), "OOV vocabulary")
     for n, r in zip(names, res):
         oov.set_field(n, r)
     return oov
@@ -233,17 +237,9 @@ def encode_fields_part(item: tuple[str, int], spec: dict[str, Any]) -> dict[str,
     oov = _load_oov(str(work / "oov.json"))
     mm = _load_minmax(str(work / "minmax.json"))
     cols: dict[str, Any] = {spec["label"]: pa.array(t[spec["label"]].to_numpy().astype(np.float32))}
-    ids: dict[str, np.ndarray] = {}
-    multi = spec.get("multivalent", {})
-    for name, kind, _, _ in spec["fields"]:
-        if name in multi:
-            cols[name] = encode_tokens(t[name], multi[name], functools.partial(oov.transform_column, name),
-                                       spec["max_len"][name])
-        elif kind == "categorical":
-            ids[name] = oov.transform_column(name, t[name])
-            cols[name] = pa.array(ids[name])
-        else:
-            cols[name] = pa.array(mm.transform_column(name, t[name].to_numpy()))
+    fcols, ids = encode_field_columns(t, spec["fields"], spec.get("multivalent", {}), spec.get("max_len", {}), oov, mm)
+    cols.update(fcols)
+    del fcols
     n_rows = t.num_rows
     del t
     feather.write_feather(pa.table(cols), work / "enc" / sname / f"b{idx:05d}.arrow", compression="uncompressed")
@@ -271,7 +267,7 @@ def encode_fields(client: Any, spec: dict[str, Any], parts: list[tuple[str, int]
     for s in SPLIT_NAMES:
         (work / "enc" / s).mkdir(parents=True, exist_ok=True)
     (work / "xcounts").mkdir(parents=True, exist_ok=True)
-    _run(client, encode_fields_part, parts, "encode fields + count crosses", spec=spec)
+    run_tasks(client, encode_fields_part, parts, "encode fields + count crosses", spec=spec)
 
 
 def _read_slice(path: Path, dtype: Any, start: int, stop: int) -> np.ndarray:
@@ -319,7 +315,7 @@ def fit_cross(client: Any, spec: dict[str, Any], oov: OOVThresholder, cv: CrossV
         g = min(range(n_groups), key=lambda i: (load[i], i))
         groups[g].append((pi, s))
         load[g] += weight[s]
-    res = _run(client, reduce_slots, groups, "cross vocabulary", spec=spec, thresholds=thresholds)
+    res = run_tasks(client, reduce_slots, groups, "cross vocabulary", spec=spec, thresholds=thresholds)
     cv._init_state()
     per_pair: dict[int, list[dict[str, Any]]] = {}
     for grp in res:
@@ -340,9 +336,8 @@ def encode_pairs_part(item: tuple[str, int, int], spec: dict[str, Any]) -> dict[
     if spec["pairs"]:
         cv = _load_cross(str(work / "cross"))
         ids = {f: t[f].to_numpy() for f in spec["cross_fields"]}
-        for a, b in spec["pairs"]:
-            name = pair_column(a, b)
-            t = t.append_column(name, pa.array(cv.transform_pair(name, ids[a], ids[b])))
+        for name, arr in pair_columns(ids, spec["pairs"], cv).items():
+            t = t.append_column(name, pa.array(arr))
     pq.write_table(t, Path(spec["tmp_out"]) / sname / f"part-{k:05d}.parquet", compression="snappy")
     n = t.num_rows
     del t, ids
@@ -353,7 +348,7 @@ def encode_pairs_part(item: tuple[str, int, int], spec: dict[str, Any]) -> dict[
 def encode_pairs(client: Any, spec: dict[str, Any], parts: list[tuple[str, int, int]]) -> None:
     for s in SPLIT_NAMES:
         (Path(spec["tmp_out"]) / s).mkdir(parents=True, exist_ok=True)
-    _run(client, encode_pairs_part, parts, "encode pairs + write", spec=spec)
+    run_tasks(client, encode_pairs_part, parts, "encode pairs + write", spec=spec)
 
 
 def raise_first_bad(results: list[dict[str, Any]], blocks: list[Block], header_lines: dict[int, int]) -> None:

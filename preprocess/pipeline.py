@@ -31,6 +31,7 @@ from preprocess import jobs
 from preprocess.atomic import atomic_output_dir
 from preprocess.cluster import dask_client
 from preprocess.cross_vocab import CrossVocab
+from preprocess.encoder import CROSS_STEM, FIELDS_FILE, MINMAX_FILE, VOCAB_DIR
 from preprocess.errors import BAD_REASONS, PreprocessError
 from preprocess.feature_map import FeatureMap, FieldSpec, PairSpec, SplitInfo, fingerprint, pair_column
 from preprocess.io import Block, decompress, expand_inputs, file_signature, is_gzip, plan_blocks, read_header
@@ -245,10 +246,10 @@ def _run(cfg: PreprocessConfig, schema: DatasetSchema, inputs: list[tuple[int | 
     jobs.encode_pairs(client, spec, final)
     t0 = _timed(seconds, "encode_pairs", t0)
     # -- 7. feature map, vocabularies, summary ------------------------------------------------------------------------
-    (tmp / "vocab").mkdir()
-    oov.save(tmp / "vocab" / "fields.json")
-    cv.save(tmp / "vocab" / "cross")
-    mm.save(tmp / "vocab" / "minmax.json")
+    (tmp / VOCAB_DIR).mkdir()
+    oov.save(tmp / VOCAB_DIR / FIELDS_FILE)
+    cv.save(tmp / VOCAB_DIR / CROSS_STEM)
+    mm.save(tmp / VOCAB_DIR / MINMAX_FILE)
     fields = []
     for name, kind, source, bucketized in rs.fields:
         if name in rs.multivalent:
