@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import TINY_OVERRIDES, TINY_TUNE, tiny_params
+from tiny import TINY_OVERRIDES, TINY_TUNE, flow_env, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -22,15 +22,8 @@ ALL_STAGES = ("synth", "preprocess") + MODEL_STAGES + ("evaluate", "analyze")
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, prefect_harness):
-    root = tmp_path_factory.mktemp("flow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("OPTINTER_WORK_DIR", str(root / "work"))
-        # other people edit the code while these tests run: keys must not change under our feet
-        # (code fingerprints are tested in test_cache.py)
-        mp.setenv("OPTINTER_CACHE_IGNORE_CODE", "1")
-        yield {"root": root, "artifacts": root / "artifacts", "uri": uri}
+    with flow_env(tmp_path_factory.mktemp("flow"), work=True) as e:
+        yield e
 
 
 @pytest.fixture(scope="module")

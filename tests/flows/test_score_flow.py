@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from tiny import tiny_params
+from tiny import flow_env, tiny_params
 
 from flows.spec import SpecError, resolve_spec
 
@@ -17,12 +17,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, prefect_harness):
-    root = tmp_path_factory.mktemp("score-flow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("OPTINTER_CACHE_IGNORE_CODE", "1")
-        yield {"root": root, "artifacts": root / "artifacts", "uri": uri}
+    with flow_env(tmp_path_factory.mktemp("score-flow")) as e:
+        yield e
 
 
 @pytest.fixture(scope="module")

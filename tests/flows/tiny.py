@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
 TINY_SYNTH: dict[str, Any] = {
     "n_train": 3000, "n_valid": 600, "n_test": 600, "cardinalities": [5, 6, 7, 8, 30, 40], "n_continuous": 1,
@@ -21,3 +23,20 @@ def tiny_params(root: str, **kw: Any) -> dict[str, Any]:
              artifact_root=str(root), preprocess=dict(TINY_PREPROCESS), tune_mode="off")
     p.update(kw)
     return p
+
+
+@contextmanager
+def flow_env(root: Path, work: bool = False) -> Iterator[dict[str, Any]]:
+    """A flow test module's environment under ``root``: its own MLflow SQLite store, code left out
+    of the stage keys (other people edit the code while these tests run: keys must not change
+    under our feet; code fingerprints are tested in test_cache.py) and, with ``work``, its own
+    work folder."""
+    import pytest
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        if work:
+            mp.setenv("OPTINTER_WORK_DIR", str(root / "work"))
+        mp.setenv("OPTINTER_CACHE_IGNORE_CODE", "1")
+        yield {"root": root, "artifacts": root / "artifacts", "uri": uri}
