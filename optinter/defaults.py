@@ -59,8 +59,8 @@ from .config import RunConfig, _apply
 #: The shipped Criteo sample the rules are anchored at (train rows, positive ratio).
 ANCHOR_ROWS = 110_000
 ANCHOR_POS_RATIO = 0.2568
-#: Optimizer steps per learning-rate halving and per search.
-STEPS_PER_HALVING = 220
+#: Optimizer steps an epoch aims at (the batch size rule) and steps of the search.
+STEPS_PER_EPOCH = 220
 SEARCH_STEPS = 600
 #: How far (in logits) α may move during the search: lr_a = ALPHA_TRAVEL / search steps.
 ALPHA_TRAVEL = 60.0
@@ -126,7 +126,7 @@ def _nice(x: float, lo: int, hi: int) -> int:
 
 
 def batch_size_for(rows: int) -> int:
-    return _nice(rows / STEPS_PER_HALVING, 128, 2000)
+    return _nice(rows / STEPS_PER_EPOCH, 128, 2000)
 
 
 def steps_per_epoch(rows: int, batch_size: int) -> int:
@@ -145,7 +145,7 @@ def resolve_defaults(stats: DataStats, model: str = "optinter") -> Resolved:
         reasons[key] = why
 
     bs = batch_size_for(n)
-    put("train.batch_size", bs, f"~N/{STEPS_PER_HALVING} in [128, 2000] (N = {n:,})")
+    put("train.batch_size", bs, f"~N/{STEPS_PER_EPOCH} in [128, 2000] (N = {n:,})")
     spe = steps_per_epoch(n, bs)
     put("train.lr_schedule", "plateau", "rates fall when the validation AUC stops improving, whatever the data's size")
     put("train.lr_decay", 0.5, "an epoch without improvement: back to the best weights, rates halved")

@@ -155,11 +155,10 @@ CONFIG_FILE = "config.json"
 def _write_config(path: Path, cfg: RunConfig, fmap: FeatureMap, model: str) -> None:
     """``config.json``: the settings the stage ran with, the data statistics the defaults read,
     why each default has its value, and which settings differ from those defaults."""
-    from .config import default_config
     from .defaults import data_config
 
     resolved = data_config(fmap, model)
-    ran, dflt = cfg.flat(), default_config(fmap, model).flat()
+    ran, dflt = cfg.flat(), resolved.config.flat()
     _write_json(path, {"config": cfg.to_dict(), "data_stats": resolved.stats.to_dict() if resolved.stats else {},
                        "default_reasons": resolved.reasons,
                        "differs_from_defaults": {k: {"ran": v, "default": dflt.get(k)}

@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from preprocess.atomic import atomic_output_dir
 
@@ -320,7 +320,7 @@ def run_tune(data_dir: str | Path, out_dir: str | Path, tc: TuneConfig, base: Ru
         }
         tuned = {"tuned": {"model": tc.model, "best_valid_auc": float(best.value), "trials": len(study.trials),
                            "selected_on": "valid"}}
-        tuned.update({k: _plain(v) for k, v in sorted(best.params.items())})
+        tuned.update(dict(sorted(best.params.items())))
         (tmp / TUNED_FILE).write_text(yaml.safe_dump(tuned, sort_keys=False))
         import json
 
@@ -358,11 +358,6 @@ def _enqueue_defaults(study: Any, tc: TuneConfig, base: RunConfig) -> None:
     study.enqueue_trial(params, user_attrs={"defaults": "exact" if exact else "clamped"})
 
 
-def _plain(v: Any) -> Any:
-    """YAML-friendly value: ``"128,128"`` choices stay strings, numpy scalars become floats."""
-    return float(v) if isinstance(v, float) else v
-
-
 def _tune_on_dask(data_dir: str, tc: TuneConfig, base: RunConfig, arch_path: str | Path | None, tracker: Tracker,
                   scheduler: str | None, timeout: float | None, tmp: Path) -> Any:
     """``tc.parallel`` Dask tasks share one journal-file study; each runs its share of the trials."""
@@ -391,8 +386,3 @@ def _tune_on_dask(data_dir: str, tc: TuneConfig, base: RunConfig, arch_path: str
         return done
     finally:
         shutil.rmtree(Path(journal).parent, ignore_errors=True)
-
-
-def tune_specs(texts: Sequence[str]) -> list[ParamSpec]:
-    """Parse ``KEY=KIND:ARGS`` strings (CLI ``--param``)."""
-    return [ParamSpec.parse(t) for t in texts]
