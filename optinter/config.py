@@ -10,6 +10,7 @@ clear error for unknown keys or bad values.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,6 +18,8 @@ from typing import Any, Iterable
 RELAXATIONS = ("gumbel", "softmax")
 FACTORIZE_SOURCES = ("orig", "table")
 LR_SCHEDULES = ("epoch", "plateau")
+#: train.search_prune (optinter.prune, which imports torch, keeps its own copy)
+PRUNE_MODES = ("none", "valid")
 
 
 @dataclass
@@ -99,6 +102,12 @@ class TrainConfig:
     # training). The search keeps Θ's rates constant: train.lr_decay applies to training only.
     search_lr: float = 0.0
     bilevel: bool = False  # alternate Θ / α updates (DARTS-style ablation, Table VIII)
+    # After the search: "valid" makes naive every searched pair whose removal does not raise the
+    # validation log loss by more than prune_z standard errors (optinter.prune; not in the paper),
+    # on at most prune_rows validation rows (0 = all); "none" keeps Algorithm 1's argmax.
+    search_prune: str = "none"
+    prune_z: float = 2.0
+    prune_rows: int = 200_000
     checkpoint: bool = True
     num_threads: int = 0  # 0 = torch default
 
@@ -117,6 +126,12 @@ class TrainConfig:
             raise ValueError("train.patience must be >= 0")
         if not 0.0 < self.lr_decay <= 1.0:
             raise ValueError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.search_prune not in PRUNE_MODES:
+            raise ValueError(f"train.search_prune must be one of {PRUNE_MODES}, got {self.search_prune!r}")
+        if not math.isfinite(self.prune_z):
+            raise ValueError(f"train.prune_z must be a finite number, got {self.prune_z}")
+        if self.prune_rows < 0:
+            raise ValueError(f"train.prune_rows must be >= 0 (0 = every validation row), got {self.prune_rows}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
 

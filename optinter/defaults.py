@@ -40,6 +40,10 @@ Table IV (full data, N ≈ 40M) and the smallest samples we have (N ≈ 4k) brac
   whatever N (Table IV's lr_a = 3e-5 for one epoch moves it by ~1e-3 at 110k rows: the argmax is
   then initialisation noise). The search reports how decided it ended
   (:meth:`optinter.architecture.Architecture.decision`);
+* **pruning on validation** after the search (``search_prune = "valid"``, :mod:`optinter.prune`):
+  the search's α is trained on the training loss, which never charges for memorizing noise;
+  each searched (memorized or factorized) pair keeps its choice only if making it naive raises
+  the validation log loss by more than ``prune_z = 2`` standard errors of the per-row difference;
 * **output bias** (not a config value): every model starts from the train split's log-odds
   (:meth:`optinter.models.base.CTRModel.init_base_rate`).
 
@@ -67,6 +71,8 @@ ALPHA_TRAVEL = 60.0
 #: Θ's (constant) learning rate during the search, and the Gumbel temperature schedule.
 SEARCH_LR = 3e-3
 TAU_START, TAU_END = 3.0, 0.3
+#: A searched pair is kept when making it naive raises the valid loss by > PRUNE_Z standard errors.
+PRUNE_Z = 2.0
 SHALLOW = ("lr", "poly2", "fm", "fwfm", "fmfm")
 OPTINTER_FAMILY = ("optinter", "optinter_m", "optinter_f")
 
@@ -190,6 +196,9 @@ def resolve_defaults(stats: DataStats, model: str = "optinter") -> Resolved:
         put("train.search_lr", SEARCH_LR, "Θ must fit within the short search for α's gradient to mean something")
         put("model.tau_start", TAU_START, "Gumbel temperature schedule of the search (per step)")
         put("model.tau_end", TAU_END, "Gumbel temperature schedule of the search (per step)")
+        put("train.search_prune", "valid", "the search's training loss does not charge for memorizing noise: a "
+                                          "searched pair stays only if removing it measurably raises the valid loss")
+        put("train.prune_z", PRUNE_Z, f"one-sided test: removing the pair costs more than {PRUNE_Z:g} standard errors")
 
     cfg = RunConfig()
     _apply(cfg, o)

@@ -4,7 +4,9 @@
 :mod:`optinter.models.base`: OptInter's α, AutoFIS's gates): Θ and the architecture parameters
 are updated on the same mini-batch with separate optimizers (lr_o / lr_c for Θ, lr_a for α), or
 alternately (Θ on train, α on validation batches) when ``train.bilevel`` is set. The model
-selected on the validation AUC gives the architecture (argmax per pair, eq. 19).
+selected on the validation AUC gives the architecture (argmax per pair, eq. 19); with
+``train.search_prune = "valid"`` (the data-derived default) the pairs whose removal does not
+measurably raise the validation loss are then made naive (:mod:`optinter.prune`).
 
 :func:`evaluate_without_retrain` scores the searched model directly, with the one-hot argmax
 choice per pair (``mode="argmax"``, the discrete architecture the re-train would use; the
@@ -22,6 +24,7 @@ import torch
 from .architecture import Architecture
 from .config import RunConfig, apply_overrides
 from .models.base import Batch, CTRModel
+from .prune import prune_on_valid, supports_pruning
 from .tracking import Tracker
 from .train import FitResult, evaluate, fit
 
@@ -65,6 +68,12 @@ def search(
     m, f, n = arch.counts()
     log.info("search: %d memorize, %d factorize, %d naive (best epoch %d)", m, f, n, result.best_epoch)
     warn_if_undecided(arch, cfg)
+    if cfg.train.search_prune == "valid":
+        if supports_pruning(model):
+            device = next(model.parameters()).device
+            arch = prune_on_valid(model, arch, valid_data, device, cfg.train.prune_z, cfg.train.prune_rows)
+        else:
+            log.info("train.search_prune=valid: model %r has no per-pair slots to ablate; not pruned", model.name)
     return arch, result
 
 

@@ -209,11 +209,21 @@ def _search_core(data_dir: str | Path, fmap: FeatureMap, cfg: RunConfig, model_n
         "noretrain_expected_test_auc": expected_test["auc"],
         "noretrain_expected_test_logloss": expected_test["logloss"],
         "bilevel": cfg.train.bilevel,
+        **prune_metrics(arch),
         **decision_metrics(arch),
     })
     if not metrics["search_decided"]:
         tracker.set_tags({"optinter.search_undecided": "true"})
     return arch, metrics
+
+
+def prune_metrics(arch: Architecture) -> dict[str, Any]:
+    """``search_prune_candidates`` / ``search_pruned``: searched pairs ablated on the validation
+    split and those made naive (:mod:`optinter.prune`); empty when the search did not prune."""
+    pr = arch.meta.get("prune")
+    if not pr:
+        return {}
+    return {"search_prune_candidates": int(pr["candidates"]), "search_pruned": len(pr["pruned"])}
 
 
 def decision_metrics(arch: Architecture) -> dict[str, Any]:

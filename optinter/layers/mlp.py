@@ -53,7 +53,22 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: B × in_dim → B (or B × out_dim)."""
-        h = self.body(x)
+        return self._head(self.body(x))
+
+    @property
+    def first(self) -> nn.Linear:
+        """The first linear layer (needs at least one hidden layer)."""
+        if not len(self.body):
+            raise ValueError("this MLP has no hidden layer")
+        return self.body[0]
+
+    def after_first(self, h: torch.Tensor) -> torch.Tensor:
+        """The rest of the network from the first layer's pre-activation h (B × hidden[0]):
+        ``forward(x) == after_first(first(x))``. Lets a caller change a few input columns by
+        updating h (the first layer is linear) instead of recomputing it."""
+        return self._head(self.body[1:](h))
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
         if self.out is not None:
             h = self.out(h)
         return h.squeeze(-1) if self.squeeze else h

@@ -22,7 +22,7 @@ from torch import nn
 
 from preprocess.feature_map import FeatureMap
 
-from ..architecture import Architecture
+from ..architecture import CHOICES, Architecture
 from ..config import ModelConfig
 from ..layers.combination import CombinationBlock
 from ..layers.cross import FactorizationTable, HadamardPairs, MemorizedEmbedding
@@ -30,6 +30,10 @@ from ..layers.embedding import FieldBias, FieldEmbedding
 from ..layers.mlp import MLP
 from ..registry import register_model, register_search_model
 from .base import Batch, CTRModel
+
+
+#: |logit| given to a forced choice (:meth:`OptInterSearch.force_choice`): softmax ≈ one-hot even at τ = 1.
+FORCED_LOGIT = 20.0
 
 
 def categorical_pair_indices(fmap: FeatureMap) -> list[tuple[int, int]]:
@@ -123,6 +127,10 @@ class OptInterSearch(_OptInterBase):
                        zero_output=cfg.zero_init_output)
 
     def forward(self, batch: Batch) -> torch.Tensor:
+        return self._logit(self.mlp_input(batch), batch)
+
+    def mlp_input(self, batch: Batch) -> torch.Tensor:
+        """The MLP's input [e^o, e^b]: B × (F·s1 + P·W); pair k fills :meth:`pair_slot` (k)."""
         e_o = self.embed(batch.cat, batch.cont, batch.multi)  # B × F × s1
         e_m = self.cross(batch.pairs)  # B × P × s2
         # e^f (eq. 14) and the mixing (eq. 18) in one fused op: B × P × W
@@ -130,8 +138,26 @@ class OptInterSearch(_OptInterBase):
             fac_emb, had = self.factorize.table(batch.cat), self.factorize.hadamard  # B × Fc × s2
         else:
             fac_emb, had = e_o, self.factorize  # categorical fields come first in e^o
-        mlp_in = self.block.forward_factorized(e_m, fac_emb, had.left, had.right, prefix=e_o.flatten(1))
-        return self._logit(mlp_in, batch)  # MLP on [e^o, e^b]: B × (F·s1 + P·W)
+        return self.block.forward_factorized(e_m, fac_emb, had.left, had.right, prefix=e_o.flatten(1))
+
+    def pair_slot(self, k: int) -> slice:
+        """Columns of pair ``k``'s combined embedding e^b_k in :meth:`mlp_input` (width W)."""
+        start = self.embed.num_fields * self.cfg.embed_dim + k * self.block.width
+        return slice(start, start + self.block.width)
+
+    def first_order_logit(self, batch: Batch) -> torch.Tensor | float:
+        """The first-order term's logit (B), or 0.0 without ``model.first_order``."""
+        return self.linear(batch.cat, batch.cont, batch.multi) if self.linear is not None else 0.0
+
+    def force_choice(self, indices: list[int], choice: str) -> None:
+        """Set α of the pairs at ``indices`` so that ``choice`` wins by a wide margin (used once the
+        search is over, when a pair's choice is overruled, e.g. pruned on validation)."""
+        col = CHOICES.index(choice)
+        with torch.no_grad():
+            for k in indices:
+                row = torch.full((3,), -FORCED_LOGIT, dtype=self.block.alpha.dtype, device=self.block.alpha.device)
+                row[col] = FORCED_LOGIT
+                self.block.alpha[k] = row
 
     # ---- search-model protocol -------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
