@@ -20,6 +20,8 @@ FACTORIZE_SOURCES = ("orig", "table")
 LR_SCHEDULES = ("epoch", "plateau")
 #: train.search_prune (optinter.prune, which imports torch, keeps its own copy)
 PRUNE_MODES = ("none", "valid")
+#: train.first_order_init (optinter.warmstart)
+FIRST_ORDER_INITS = ("zero", "lr")
 
 
 @dataclass
@@ -108,6 +110,9 @@ class TrainConfig:
     search_prune: str = "none"
     prune_z: float = 2.0
     prune_rows: int = 200_000
+    # "lr": fit the lr model first and start model.first_order's weights from it; the re-train
+    # keeps that start if no epoch beats it on valid (optinter.warmstart). "zero": from zero.
+    first_order_init: str = "zero"
     checkpoint: bool = True
     num_threads: int = 0  # 0 = torch default
 
@@ -126,6 +131,8 @@ class TrainConfig:
             raise ValueError("train.patience must be >= 0")
         if not 0.0 < self.lr_decay <= 1.0:
             raise ValueError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.first_order_init not in FIRST_ORDER_INITS:
+            raise ValueError(f"train.first_order_init must be one of {FIRST_ORDER_INITS}, got {self.first_order_init!r}")
         if self.search_prune not in PRUNE_MODES:
             raise ValueError(f"train.search_prune must be one of {PRUNE_MODES}, got {self.search_prune!r}")
         if not math.isfinite(self.prune_z):

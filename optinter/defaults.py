@@ -31,7 +31,9 @@ Table IV (full data, N ≈ 40M) and the smallest samples we have (N ≈ 4k) brac
 * **OptInter starts as logistic regression**: a first-order term beside the MLP
   (``model.first_order``, not in the paper) and the MLP's output unit initialised to zero
   (``model.zero_init_output``), so the network's part grows only where training finds it useful
-  (on 4k–8k-row data a randomly initialised output put OptInter up to 0.02 AUC below LR);
+  (on 4k–8k-row data a randomly initialised output put OptInter up to 0.02 AUC below LR), and
+  the first-order weights start from a fitted ``lr`` (``first_order_init = "lr"``,
+  :mod:`optinter.warmstart`): the re-train ends no worse than that LR on valid;
 * **search** (Algorithm 1) in steps, not epochs: ~600 steps (``search_epochs = ceil(600 /
   steps_per_epoch)``, 1–4), Θ at a constant rate ``search_lr = 3e-3`` (Θ must fit within the
   short search for α's gradient to mean anything; decaying Θ's rates while α still moves let α
@@ -184,6 +186,8 @@ def resolve_defaults(stats: DataStats, model: str = "optinter") -> Resolved:
         put("model.first_order", True, "a first-order (LR) term beside the MLP: the linear part carries "
                                        "most of the signal on small data (not in the paper)")
         put("train.lr_first", 3e-3, "first-order weights learn at the LR model's rate")
+        put("train.first_order_init", "lr", "the first-order term starts from a fitted LR (the re-train keeps "
+                                           "that start unless an epoch beats it on valid)")
         put("model.zero_init_output", True, "the MLP's output starts at zero: the model starts as LR and the "
                                             "network's part grows only where it helps")
         put("train.emb_l2_o", round(3e-3 * h_ratio, 8), f"L2 on looked-up embeddings 3e-3 × H(p)/H(0.26) = ×{h_ratio:.3f}")

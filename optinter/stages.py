@@ -36,6 +36,7 @@ from .models.base import CTRModel
 from .registry import available_models, build_model, build_search_model, has_search_variant, needs_architecture
 from .search import evaluate_without_retrain, search
 from .tracking import Tracker, as_tracker
+from .warmstart import WarmStart, keep_better, warm_start_first_order, wants_warm_start
 from .train import FitResult, evaluate, final_metric_name, fit, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,14 @@ def _log_start(tr: Tracker, stage: str, name: str, cfg: RunConfig, data_dir: str
     # the data folder is a machine path: a tag, not a param (params are compared across runs)
     tr.set_tags({"stage": stage, "model": name, "dataset": fmap.dataset, "data_dir": str(data_dir)})
     tr.log_params({**cfg.flat(), "stage": stage, "model": name, "feature_map_hash": fmap.content_hash})
+
+
+def _warm_start(model: CTRModel, data_dir: str | Path, fmap: FeatureMap, cfg: RunConfig, device: torch.device,
+                valid: ParquetBatches) -> WarmStart | None:
+    """Start the first-order term from a fitted LR when ``train.first_order_init = "lr"``."""
+    if not wants_warm_start(model, cfg):
+        return None
+    return warm_start_first_order(model, fmap, cfg, lambda m, c: make_loaders(data_dir, fmap, m, c), device, valid)
 
 
 def _setup(cfg: RunConfig) -> torch.device:
@@ -192,6 +201,7 @@ def _search_core(data_dir: str | Path, fmap: FeatureMap, cfg: RunConfig, model_n
     device = _setup(cfg)
     loaders = make_loaders(data_dir, fmap, model, cfg)
     log.info("search %s: %d pairs, %d parameters, device %s", model_name, fmap.num_pairs, model.num_params(), device)
+    ws = _warm_start(model, data_dir, fmap, cfg, device, loaders["valid"])
     arch, res = search(model, loaders["train"], loaders["valid"], cfg, work, tracker,
                        bilevel_data=loaders["valid_shuffled"], fingerprint=_fingerprint("search", model_name, cfg, fmap, None))
     arch.model = model_name
@@ -210,6 +220,7 @@ def _search_core(data_dir: str | Path, fmap: FeatureMap, cfg: RunConfig, model_n
         "noretrain_expected_test_logloss": expected_test["logloss"],
         "bilevel": cfg.train.bilevel,
         **prune_metrics(arch),
+        **(ws.metrics() if ws is not None else {}),
         **decision_metrics(arch),
     })
     if not metrics["search_decided"]:
@@ -271,11 +282,17 @@ def _train_core(data_dir: str | Path, fmap: FeatureMap, cfg: RunConfig, name: st
     device = _setup(cfg)
     loaders = make_loaders(data_dir, fmap, model, cfg)
     log.info("%s %s: %d parameters, device %s", stage, name, model.num_params(), device)
+    ws = _warm_start(model, data_dir, fmap, cfg, device, loaders["valid"])
     res = fit(model, loaders["train"], loaders["valid"], cfg, work, tracker,
               fingerprint=_fingerprint(stage, name, cfg, fmap, arch))
     valid = {"auc": res.best_valid_auc, "logloss": res.best_valid_logloss}
+    kept = ws is not None and keep_better(model, ws, res.best_valid_auc)
+    if kept:
+        valid = {"auc": ws.valid_auc, "logloss": ws.valid_logloss}
     test = evaluate(model, loaders["test"], device, cfg.train.amp)  # the one look at the test split
     metrics = _fit_metrics(name, stage, model, res, valid, test, fmap)
+    if ws is not None:
+        metrics.update({**ws.metrics(), "warm_start_kept": kept})
     if arch is not None:
         metrics.update({**arch.count_dict(), "arch_hash": arch.hash(), "arch_source": arch.source})
     save_bundle(out, name, model, cfg, fmap, arch, data_dir)
