@@ -3,8 +3,9 @@
 :func:`search` trains a search model (any model implementing the search-model protocol of
 :mod:`optinter.models.base`: OptInter's α, AutoFIS's gates): Θ and the architecture parameters
 are updated on the same mini-batch with separate optimizers (lr_o / lr_c for Θ, lr_a for α), or
-alternately (Θ on train, α on validation batches) when ``train.bilevel`` is set. The model
-selected on the validation AUC gives the architecture (argmax per pair, eq. 19).
+alternately (Θ on train, α on validation batches) when ``train.bilevel`` is set; the
+temperature τ follows :func:`tau_at` over the search's steps. The model selected on the
+validation AUC gives the architecture (argmax per pair, eq. 19).
 
 :func:`evaluate_without_retrain` scores the searched model directly, with the one-hot argmax
 choice per pair (``mode="argmax"``, the discrete architecture the re-train would use; the
@@ -14,13 +15,14 @@ default) or the expected weights softmax(α/τ_end) (``mode="expected"``).
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
 from .architecture import Architecture
-from .config import RunConfig, apply_overrides
+from .config import ModelConfig, RunConfig, apply_overrides
 from .models.base import Batch, CTRModel
 from .tracking import Tracker
 from .train import FitResult, evaluate, fit
@@ -58,6 +60,7 @@ def search(
         bilevel_data=bilevel_data if cfg.train.bilevel else None,
         fingerprint=fingerprint,
         metric_prefix="search_",
+        temperature=partial(tau_at, cfg.model),
     )
     arch = model.derive_architecture()
     arch.source = "bilevel" if cfg.train.bilevel else "search"
@@ -66,6 +69,13 @@ def search(
     log.info("search: %d memorize, %d factorize, %d naive (best epoch %d)", m, f, n, result.best_epoch)
     warn_if_undecided(arch, cfg)
     return arch, result
+
+
+def tau_at(mcfg: ModelConfig, progress: float) -> float:
+    """The search's temperature after a fraction ``progress`` ∈ [0, 1] of its steps: exponential
+    interpolation ``tau_start · (tau_end / tau_start) ** progress`` (``fit`` sets it before every step)."""
+    p = min(max(progress, 0.0), 1.0)
+    return float(mcfg.tau_start * (mcfg.tau_end / mcfg.tau_start) ** p)
 
 
 def search_run_config(cfg: RunConfig) -> RunConfig:
