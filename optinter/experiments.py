@@ -4,8 +4,8 @@
 the jobs it needs, how it builds its table) for their training *jobs* (model × seed × config
 variant), runs them, round by round, and writes what the tables build:
 
-1. every chosen table lists the :class:`~optinter.tables.Request`\ s it needs given the runs so
-   far; the new ones (deduplicated by cache key) form one round of *independent* jobs;
+1. every chosen table lists the requests (:class:`~optinter.tables.Request`) it needs given the
+   runs so far; the new ones (deduplicated by cache key) form one round of *independent* jobs;
 2. the round goes through :data:`RunJobs` — ``run_jobs(jobs, run_one)`` returns ``run_one(job)``
    for every job, in input order: :func:`run_in_order` by default, the one seam where a cluster
    (e.g. Dask's ``client.map`` / ``gather``) can run them concurrently;
@@ -191,7 +191,7 @@ def cache_store(cache_dir: str | os.PathLike[str]) -> tuple[ArtifactStore, str]:
 
 
 class JobRunner:
-    """Plans requests into :class:`PlannedJob`\ s (config, key; each key once) and runs one job
+    """Plans requests into :class:`PlannedJob` items (config, key; each key once) and runs one job
     through the stage cache; remembers every job for ``runs.csv``."""
 
     def __init__(self, data_dir: Path, fm: FeatureMap, cc: CompareConfig, cache_dir: str | Path,

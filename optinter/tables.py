@@ -2,9 +2,9 @@
 how it builds its table from their metrics. :func:`optinter.experiments.run_compare` runs the
 jobs (through the one stage cache) and writes what the tables build.
 
-A :class:`Table` has ``jobs(ctx, runs)`` — the :class:`Request`\ s it needs given the runs done
-so far (asked again after every round of jobs, until no table asks for a new one: Table VII
-sizes its enlarged baselines from OptInter's #params, so it asks in two rounds) — and
+A :class:`Table` has ``jobs(ctx, runs)`` — the requests (:class:`Request`) it needs given the
+runs done so far (asked again after every round of jobs, until no table asks for a new one:
+Table VII sizes its enlarged baselines from OptInter's #params, so it asks in two rounds) — and
 ``build(ctx, runs)`` — its :class:`TableOutput` (CSV frame, Markdown frame, title, headline
 figures, plots). :data:`TABLES` is the registry, in output order; :func:`register` adds one.
 
