@@ -14,7 +14,6 @@ import dis
 import hashlib
 import importlib.util
 import inspect
-import logging
 import os
 import re
 import types
@@ -23,8 +22,6 @@ from typing import Any, Callable, Iterable
 
 from optinter.store import (  # noqa: F401 - the store's names, re-exported
     _HASH_LEN, CACHE_VERSION, MARKER, WORK_DIR_ENV, ArtifactStore, StageRecord, _json_default, stable_hash, stage_key)
-
-log = logging.getLogger(__name__)
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
