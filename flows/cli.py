@@ -27,9 +27,11 @@ def prepare_env(prefect_home: str) -> None:
     """Offline switches, ``PREFECT_HOME`` and logging settings, before Prefect is imported."""
     from optinter.tracking import apply_offline_env
 
+    from .logs import prefect_logging_env
+
     apply_offline_env(prefect_home)
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect creates one level only
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "optinter,preprocess,flows")
+    prefect_logging_env()
     # the first start of an ephemeral API migrates a fresh SQLite database: slow on small machines
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 

@@ -9,29 +9,23 @@ Prefect's own result cache is off (``NO_CACHE``): stages are reused through cont
 under the artifact root (``flows.cache``), which works across processes and machines and still
 gives every reused stage an MLflow run (tagged ``optinter.cached=true``). Tasks run one after the
 other on Prefect's default task runner; the preprocessing task runs its Dask jobs on its own
-``distributed`` client (a LocalCluster, or ``DASK_SCHEDULER_ADDRESS``).
+``distributed`` client (a LocalCluster, or ``DASK_SCHEDULER_ADDRESS``). Importing this module
+changes no settings: the programs that run it set Prefect's environment where they start
+(``flows.logs``), and the flow routes the library loggers to its run logs when it starts.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from typing import Any
 
-#: Library loggers whose records also go to the Prefect run logs (UI, ``--watch``).
-LIBRARY_LOGGERS = ("optinter", "preprocess", "flows")
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", ",".join(LIBRARY_LOGGERS))
-for _name in LIBRARY_LOGGERS:  # progress messages are INFO: show them unless configured otherwise
-    if logging.getLogger(_name).level == logging.NOTSET:
-        logging.getLogger(_name).setLevel(logging.INFO)
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from . import steps  # noqa: E402
-from .cache import StageRecord  # noqa: E402
-from .results import render_summary  # noqa: E402
-from .spec import PipelineSpec, resolve_spec  # noqa: E402
+from . import steps
+from .cache import StageRecord
+from .logs import library_logs_to_run
+from .results import render_summary
+from .spec import PipelineSpec, resolve_spec
 
 FLOW_NAME = "optinter"
 _TASK = dict(cache_policy=NO_CACHE, persist_result=False, retries=0)
@@ -159,6 +153,7 @@ def optinter_flow(
         register_as: register trained models in the MLflow Model Registry: ``NAME`` (the re-trained
             OptInter) or ``MODEL=NAME`` items.
     """
+    library_logs_to_run()
     logger = get_run_logger()
     params = dict(dataset=dataset, raw=raw, train_path=train_path, valid_path=valid_path, test_path=test_path,
                   synth=synth, preprocess=preprocess, oov_threshold=oov_threshold, cross_threshold=cross_threshold,

@@ -698,15 +698,16 @@ def step_analyze(ctx: Context, data: StageRecord, search: StageRecord | None, sy
 
 
 def compare_config(ctx: Context) -> Any:
-    """The ``CompareConfig``: the ``compare`` parameter, the run's overrides, a cache kept across runs."""
-    from optinter.experiments import CompareConfig
+    """The ``CompareConfig``: the ``compare`` parameter, the run's overrides, and the jobs kept
+    across runs as stage folders ``<artifact root>/compare-job/<key>/`` of the same store."""
+    from optinter.experiments import JOB_STAGE, CompareConfig
 
 
     kw = dict(ctx.spec.compare or {})
     kw.setdefault("overrides", tuple(ctx.spec.overrides_for("compare", "")))
     kw.setdefault("dataset", ctx.spec.dataset_name)
     kw.setdefault("config_file", ctx.spec.config_file)
-    kw.setdefault("cache_dir", str(ctx.store.work_dir / "compare" / "_jobs_cache"))
+    kw.setdefault("cache_dir", f"{ctx.store.root}/{JOB_STAGE}")
     cc = CompareConfig(**kw)
     cc.validate()
     return cc

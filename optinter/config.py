@@ -207,8 +207,9 @@ def paper_config(dataset: str = "synthetic", model: str = "optinter") -> RunConf
 
 
 # Why the data-derived defaults (optinter/defaults.py) take the values they take at the size of
-# the shipped Criteo sample (shared/data/criteo/split: 109,711 / 13,714 / 13,714 rows, ~400x
-# smaller than the paper's 45M rows), chosen there on the validation split only:
+# the shipped Criteo sample (../shared/data/criteo/split, relative to the repository: 109,711 /
+# 13,714 / 13,714 rows, ~400x smaller than the paper's 45M rows), chosen there on the validation
+# split only:
 # * LR at lr_o = 5e-4 is still under-fitted after 10 epochs (valid 0.750) -> lr_o = 3e-3,
 #   batch 500 (more, smaller steps: valid 0.7579, test 0.7627; sklearn LR reaches 0.7632);
 # * a 700x5 MLP over-fits in its first epoch (and costs ~10 s a step on 2 CPU cores) -> a

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from preprocess.atomic import json_path, read_json
+from preprocess.atomic import json_path, read_json, write_text_atomic
 from preprocess.feature_map import FeatureMap
 
 log = logging.getLogger(__name__)
@@ -168,9 +168,6 @@ def render_report(
 def write_report(path: str | os.PathLike[str], title: str, **kwargs: Any) -> Path:
     """Render (see :func:`render_report`) and write the report to ``path`` atomically."""
     path = Path(path)
-    text = render_report(title, **kwargs)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, render_report(title, **kwargs))
     log.info("report written: %s (%.0f kB)", path, path.stat().st_size / 1024)
     return path

@@ -3,8 +3,9 @@
 :func:`search` trains a search model (any model implementing the search-model protocol of
 :mod:`optinter.models.base`: OptInter's α, AutoFIS's gates): Θ and the architecture parameters
 are updated on the same mini-batch with separate optimizers (lr_o / lr_c for Θ, lr_a for α), or
-alternately (Θ on train, α on validation batches) when ``train.bilevel`` is set. The model
-selected on the validation AUC gives the architecture (argmax per pair, eq. 19); with
+alternately (Θ on train, α on validation batches) when ``train.bilevel`` is set; the
+temperature τ follows :func:`tau_at` over the search's steps. The model selected on the
+validation AUC gives the architecture (argmax per pair, eq. 19); with
 ``train.search_prune = "valid"`` (the data-derived default) the pairs whose removal does not
 measurably raise the validation loss are then made naive (:mod:`optinter.prune`).
 
@@ -16,13 +17,14 @@ default) or the expected weights softmax(α/τ_end) (``mode="expected"``).
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
 from .architecture import Architecture
-from .config import RunConfig, apply_overrides
+from .config import ModelConfig, RunConfig, apply_overrides
 from .models.base import Batch, CTRModel
 from .prune import prune_on_valid, supports_pruning
 from .tracking import Tracker
@@ -61,6 +63,7 @@ def search(
         bilevel_data=bilevel_data if cfg.train.bilevel else None,
         fingerprint=fingerprint,
         metric_prefix="search_",
+        temperature=partial(tau_at, cfg.model),
     )
     arch = model.derive_architecture()
     arch.source = "bilevel" if cfg.train.bilevel else "search"
@@ -75,6 +78,13 @@ def search(
         else:
             log.info("train.search_prune=valid: model %r has no per-pair slots to ablate; not pruned", model.name)
     return arch, result
+
+
+def tau_at(mcfg: ModelConfig, progress: float) -> float:
+    """The search's temperature after a fraction ``progress`` ∈ [0, 1] of its steps: exponential
+    interpolation ``tau_start · (tau_end / tau_start) ** progress`` (``fit`` sets it before every step)."""
+    p = min(max(progress, 0.0), 1.0)
+    return float(mcfg.tau_start * (mcfg.tau_end / mcfg.tau_start) ** p)
 
 
 def search_run_config(cfg: RunConfig) -> RunConfig:

@@ -222,8 +222,10 @@ OFFLINE_ENV: dict[str, str] = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 
-#: Set beside :data:`OFFLINE_ENV`: no progress bar per artifact copied from run to run.
-QUIET_ENV: dict[str, str] = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+#: Set beside :data:`OFFLINE_ENV`: no progress bar per artifact copied from run to run, and no
+#: Prefect warning per library log record sent outside a flow run ("... without a flow run id").
+QUIET_ENV: dict[str, str] = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+                             "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore"}
 
 # Tags every optinter run carries (so the MLflow UI's compare view and searches line up).
 TAG_STAGE = "stage"

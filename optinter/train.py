@@ -1,20 +1,23 @@
 """The training loop, in small separate pieces: optimizers, one step, evaluation, checkpoints, fit.
 
 * :func:`make_optimizers` — Adam per parameter group (Table IV: ``orig`` lr_o/l2_o, ``cross``
-  lr_c/l2_c) and the model's own architecture optimizer (``arch``: lr_a) for search models;
+  lr_c/l2_c; sparse tables: :class:`optinter.optim.LazyAdam`) and the model's own architecture
+  optimizer (``arch``: lr_a) for search models;
 * :func:`train_step` / :func:`bilevel_step` — one update (Algorithm 1: Θ and α on the same
   mini-batch; bi-level: Θ on a train batch, then α on a validation batch);
 * :func:`predict` / :func:`evaluate` — probabilities, AUC and log loss over a split;
 * :func:`save_checkpoint` / :func:`load_checkpoint` — the state after each epoch, so an
   interrupted run resumes where it stopped (same result as an uninterrupted run on CPU);
-* :func:`fit` — epochs with early stopping and model selection on the validation AUC only.
+* :func:`fit` — epochs with early stopping and model selection on the validation AUC only, in
+  named steps (resume, one epoch, end of epoch, finish). Schedules that belong to one kind of
+  training come in as arguments (the search's τ schedule: ``temperature``, from
+  :mod:`optinter.search`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,9 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ModelConfig, RunConfig, TrainConfig
+from preprocess.atomic import atomic_file
+
+from .config import RunConfig, TrainConfig
 from .metrics import auc, log_loss
 from .models.base import Batch, CTRModel
+from .optim import LazyAdam  # noqa: F401 - also importable from here, as before
 from .tracking import Tracker, as_tracker
 
 log = logging.getLogger(__name__)
@@ -50,59 +56,6 @@ def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA) and numpy's legacy global RNG."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-
-
-class LazyAdam(torch.optim.Optimizer):
-    """Adam for embedding tables with sparse gradients ("lazy" Adam, like ``torch.optim.SparseAdam``):
-    only the rows that have a gradient in this step move, and only their moments decay.
-    ``weight_decay`` (a param-group key) is coupled L2: ``wd · w`` is added to the gradient of the
-    touched rows.
-
-    The gradient is coalesced once (one sort of the looked-up ids); the rows' parameters and
-    moments are gathered into dense U × D blocks, updated with dense in-place ops and scattered
-    back, which costs O(U · D) for U distinct rows, whatever the table size.
-    """
-
-    def __init__(
-        self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-        weight_decay: float = 0.0,
-    ) -> None:
-        if not lr > 0 or not eps >= 0 or not weight_decay >= 0:
-            raise ValueError(f"LazyAdam: bad settings lr={lr}, eps={eps}, weight_decay={weight_decay}")
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if not p.grad.is_sparse:
-                    raise ValueError("LazyAdam needs sparse gradients (nn.Embedding(sparse=True))")
-                g = p.grad.coalesce()
-                idx, vals = g.indices()[0], g.values()
-                if idx.numel() == 0:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    # first and second moments side by side: one gather and one scatter per step
-                    state["moments"] = p.new_zeros(p.shape[0], 2, *p.shape[1:])
-                state["step"] += 1
-                t = state["step"]
-                w = p.index_select(0, idx)
-                if wd:
-                    vals = vals.add(w, alpha=wd)
-                mv = state["moments"].index_select(0, idx)  # U × 2 × D
-                m, v = mv[:, 0], mv[:, 1]
-                m.lerp_(vals, 1 - b1)
-                v.mul_(b2).addcmul_(vals, vals, value=1 - b2)
-                state["moments"].index_copy_(0, idx, mv)
-                denom = v.sqrt_().div_(math.sqrt(1 - b2**t)).add_(eps)  # in place: mv is stored already
-                p.index_copy_(0, idx, w.addcdiv_(m, denom, value=-lr / (1 - b1**t)))
-        return loss
 
 
 def _sparse_params(model: nn.Module) -> set[int]:
@@ -144,13 +97,6 @@ def make_optimizers(model: CTRModel, tcfg: TrainConfig) -> dict[str, torch.optim
     if arch_opt is not None:
         out["arch"] = arch_opt
     return out
-
-
-def tau_at(mcfg: ModelConfig, progress: float) -> float:
-    """Temperature after a fraction ``progress`` ∈ [0, 1] of the search: exponential
-    interpolation ``tau_start · (tau_end / tau_start) ** progress``."""
-    p = min(max(progress, 0.0), 1.0)
-    return float(mcfg.tau_start * (mcfg.tau_end / mcfg.tau_start) ** p)
 
 
 class EmbeddingPenalty:
@@ -286,10 +232,9 @@ def evaluate(model: CTRModel, batches: Iterable[Batch], device: torch.device, am
 
 # ---- checkpoints -----------------------------------------------------------------------------------
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically write ``state`` (write to a temp file, then rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Atomically write ``state`` (:func:`preprocess.atomic.atomic_file`: a temp file, then rename)."""
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -394,6 +339,11 @@ def _cycle(loader: Any, train_epoch: int) -> Iterator[Batch]:
         epoch += 1
 
 
+#: ``temperature(progress)``: the model's relaxation temperature after a fraction ``progress`` ∈
+#: [0, 1] of the training steps (the search's τ schedule, :func:`optinter.search.tau_at`).
+Temperature = Callable[[float], float]
+
+
 def fit(
     model: CTRModel,
     train_data: Any,
@@ -406,6 +356,7 @@ def fit(
     bilevel_data: Any | None = None,
     fingerprint: str = "",
     metric_prefix: str = "",
+    temperature: Temperature | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
 ) -> FitResult:
     """Train ``model`` with early stopping on the validation AUC; returns with the best weights loaded.
@@ -414,174 +365,233 @@ def fit(
     ``set_epoch``); ``valid_data``: batches of the validation split. ``epochs`` defaults to
     ``cfg.train.epochs``. A search model (``model.is_search_model``) also updates its
     architecture parameters: jointly on the same batch, or, when ``bilevel_data`` (shuffled
-    validation batches) is given, alternately. Its temperature follows :func:`tau_at`.
+    validation batches) is given, alternately. ``temperature`` (the search passes its τ schedule)
+    is set on the model before every step and before each evaluation, and recorded per epoch (``tau``).
     ``work_dir``: where ``checkpoint.pt`` (after every epoch) and ``best.pt`` live; an existing
     checkpoint with the same ``fingerprint`` is resumed. ``on_epoch_end`` is called after each
     epoch's checkpoint (tests use it to simulate an interruption).
+
+    The steps, in order: :meth:`_Loop.resume`, then per epoch :meth:`_Loop.train_epoch` and
+    :meth:`_Loop.end_epoch` (evaluate, log, keep the best, learning-rate plateau, checkpoint, early
+    stop), and :meth:`_Loop.finish` (the best weights back).
     """
-    tcfg = cfg.train
-    n_epochs = epochs or tcfg.epochs
-    device = resolve_device(tcfg.device)
-    tr = as_tracker(tracker)
-    model.to(device)
-    optimizers = make_optimizers(model, tcfg)
-    base_lrs = {k: [g["lr"] for g in opt.param_groups] for k, opt in optimizers.items() if k != "arch"}
-    penalty = EmbeddingPenalty(model, tcfg)
-    search = model.is_search_model
-    if bilevel_data is not None and "arch" not in optimizers:
-        raise ValueError("bi-level training needs a search model with architecture parameters")
-    steps_per_epoch = len(train_data)
-    if tcfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, tcfg.max_steps_per_epoch)
-    total_steps = max(1, n_epochs * steps_per_epoch)
-
-    wd = Path(work_dir) if work_dir is not None else None
-    if wd is not None:
-        wd.mkdir(parents=True, exist_ok=True)
-    ckpt_path = wd / CHECKPOINT_FILE if wd is not None else None
-    best_path = wd / BEST_FILE if wd is not None else None
-
-    history: list[EpochRecord] = []
-    best = {"epoch": -1, "auc": -math.inf, "logloss": math.nan}
-    bad_epochs = 0
-    start_epoch = 0
-    step = 0
-    lr_scale = 1.0  # lr_schedule="plateau": product of the decays so far
-    plateau = tcfg.lr_schedule == "plateau"
-    best_state: dict[str, torch.Tensor] | None = None
-    best_opt_state: dict[str, Any] | None = None
-    resumed_from: int | None = None
-    ck = load_checkpoint(ckpt_path) if (ckpt_path is not None and tcfg.checkpoint) else None
-    if ck is not None:
-        if ck.get("fingerprint") != fingerprint:
-            log.warning("%s: checkpoint of another run (fingerprint differs); starting fresh", ckpt_path)
-        else:
-            model.load_state_dict(ck["model"])
-            for k, opt in optimizers.items():
-                opt.load_state_dict(ck["optimizers"][k])
-            torch.set_rng_state(ck["torch_rng"])
-            history = [EpochRecord(**r) for r in ck["history"]]
-            best, bad_epochs, step = ck["best"], ck["bad_epochs"], ck["step"]
-            lr_scale = float(ck.get("lr_scale", 1.0))
-            start_epoch = ck["epoch"] + 1
-            resumed_from = ck["epoch"]
-            log.info("%sresuming from %s after epoch %d", metric_prefix, ckpt_path, ck["epoch"] + 1)
-            if ck.get("stopped"):
-                start_epoch = n_epochs
-
+    loop = _Loop(model, train_data, valid_data, cfg, work_dir, tracker, epochs=epochs, bilevel_data=bilevel_data,
+                 fingerprint=fingerprint, prefix=metric_prefix, temperature=temperature)
     try:
-        for epoch in range(start_epoch, n_epochs):
-            # train.lr_decay: a function of the epoch (or of the plateaus so far), so resuming is exact
-            scale = lr_scale if plateau else tcfg.lr_decay**epoch
-            for k, lrs in base_lrs.items():
-                for g, lr in zip(optimizers[k].param_groups, lrs):
-                    g["lr"] = lr * scale
-            bilevel_iter = _cycle(bilevel_data, epoch) if bilevel_data is not None else None
-            if hasattr(train_data, "set_epoch"):
-                train_data.set_epoch(epoch)
-            model.train()
-            t0 = time.perf_counter()
-            last_log = t0
-            loss_sum, n_seen, n_steps = 0.0, 0, 0
-            tau = None
-            for batch in train_data:
-                if tcfg.max_steps_per_epoch and n_steps >= tcfg.max_steps_per_epoch:
-                    break
-                if search:
-                    tau = tau_at(cfg.model, step / total_steps)
-                    model.set_temperature(tau)
-                batch = batch.to(device, non_blocking=True)
-                if bilevel_iter is not None:
-                    loss = bilevel_step(model, batch, next(bilevel_iter).to(device), optimizers, tcfg.amp, penalty)
-                else:
-                    loss = train_step(model, batch, optimizers, tcfg.amp, penalty)
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"{metric_prefix}training loss is {loss} at epoch {epoch + 1}, step {n_steps}")
-                loss_sum += loss * len(batch)
-                n_seen += len(batch)
-                n_steps += 1
-                step += 1
-                now = time.perf_counter()
-                if now - last_log > 30:
-                    log.info("%sepoch %d: %d/%d steps, loss %.5f, %.0f samples/s", metric_prefix, epoch + 1,
-                             n_steps, steps_per_epoch, loss_sum / n_seen, n_seen / (now - t0))
-                    last_log = now
-            train_secs = time.perf_counter() - t0
-            if search:
-                model.set_temperature(tau_at(cfg.model, step / total_steps))
-            ev = evaluate(model, valid_data, device, tcfg.amp)
-            rec = EpochRecord(
-                epoch=epoch + 1,
-                train_loss=loss_sum / max(n_seen, 1),
-                valid_auc=ev["auc"],
-                valid_logloss=ev["logloss"],
-                seconds=train_secs,
-                samples=n_seen,
-                samples_per_s=n_seen / train_secs if train_secs > 0 else 0.0,
-                tau=tau,
-            )
-            history.append(rec)
-            log.info(
-                "%sepoch %d/%d: loss %.5f, valid AUC %.5f, valid logloss %.5f, %.0f samples/s%s",
-                metric_prefix, epoch + 1, n_epochs, rec.train_loss, rec.valid_auc, rec.valid_logloss,
-                rec.samples_per_s, "" if tau is None else f", tau {tau:.4f}",
-            )
-            metrics = {"train_loss": rec.train_loss, "valid_auc": rec.valid_auc, "valid_logloss": rec.valid_logloss,
-                       "samples_per_s": rec.samples_per_s}
-            if tau is not None:
-                metrics["tau"] = tau
-            tr.log_metrics({metric_prefix + k: v for k, v in metrics.items()}, step=epoch + 1)
-
-            improved = rec.valid_auc > best["auc"] or best["epoch"] < 0
-            if improved:
-                best = {"epoch": epoch + 1, "auc": rec.valid_auc, "logloss": rec.valid_logloss}
-                bad_epochs = 0
-                best_state = {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v)
-                              for k, v in model.state_dict().items()}
-                best_opt_state = _optimizer_states(optimizers) if plateau else None
-                if best_path is not None:
-                    save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch + 1, "fingerprint": fingerprint,
-                                                "optimizers": best_opt_state})
-            else:
-                bad_epochs += 1
-            stop = (not improved) and bad_epochs >= max(tcfg.patience, 1)
-            if plateau and not improved and not stop:
-                lr_scale *= tcfg.lr_decay
-                best_state, best_opt_state = _restore_best(model, optimizers, best_state, best_opt_state, best_path)
-                log.info("%sno improvement: back to epoch %d's weights, learning rates x%.3g", metric_prefix,
-                         best["epoch"], lr_scale)
-            if ckpt_path is not None and tcfg.checkpoint:
-                save_checkpoint(ckpt_path, {
-                    "model": model.state_dict(),
-                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                    "torch_rng": torch.get_rng_state(),
-                    "history": [asdict(r) for r in history],
-                    "best": best, "bad_epochs": bad_epochs, "step": step, "epoch": epoch,
-                    "fingerprint": fingerprint, "stopped": stop, "lr_scale": lr_scale,
-                })
+        loop.resume()
+        for epoch in range(loop.state.start_epoch, loop.n_epochs):
+            rec = loop.train_epoch(epoch)
+            stop = loop.end_epoch(rec)
             if on_epoch_end is not None:
                 on_epoch_end(rec)
             if stop:
-                log.info("%searly stop after epoch %d (best epoch %d, valid AUC %.5f)", metric_prefix, epoch + 1,
-                         best["epoch"], best["auc"])
                 break
     finally:
-        penalty.remove()
-    # restore the best weights
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    elif best_path is not None and best_path.exists():
-        model.load_state_dict(load_checkpoint(best_path)["model"])
-    model.to(device)
-    total_secs = sum(r.seconds for r in history)
-    total_samples = sum(r.samples for r in history)
-    return FitResult(
-        best_epoch=int(best["epoch"]),
-        best_valid_auc=float(best["auc"]),
-        best_valid_logloss=float(best["logloss"]),
-        epochs=len(history),
-        seconds=total_secs,
-        samples_per_s=total_samples / total_secs if total_secs > 0 else 0.0,
-        history=history,
-        resumed_from=resumed_from,
-    )
+        loop.penalty.remove()
+    return loop.finish()
+
+
+@dataclass
+class _LoopState:
+    """What :func:`fit` carries from epoch to epoch (and a checkpoint restores)."""
+
+    history: list[EpochRecord] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": -1, "auc": -math.inf, "logloss": math.nan})
+    bad_epochs: int = 0
+    step: int = 0  # training steps so far, over all epochs
+    lr_scale: float = 1.0  # lr_schedule="plateau": product of the decays so far
+    start_epoch: int = 0
+    resumed_from: int | None = None
+    best_state: dict[str, Any] | None = None  # the best epoch's weights (CPU copy)
+    best_opt_state: dict[str, Any] | None = None  # and optimizer states (plateau schedule only)
+
+
+class _Loop:
+    """The pieces of :func:`fit`: set-up here, then :meth:`resume`, :meth:`train_epoch`,
+    :meth:`end_epoch` and :meth:`finish`."""
+
+    def __init__(self, model: CTRModel, train_data: Any, valid_data: Iterable[Batch], cfg: RunConfig,
+                 work_dir: str | Path | None, tracker: Tracker | None, *, epochs: int | None,
+                 bilevel_data: Any | None, fingerprint: str, prefix: str, temperature: Temperature | None) -> None:
+        self.model, self.train_data, self.valid_data = model, train_data, valid_data
+        self.tcfg = tcfg = cfg.train
+        self.n_epochs = epochs or tcfg.epochs
+        self.device = resolve_device(tcfg.device)
+        self.tracker = as_tracker(tracker)
+        self.bilevel_data, self.fingerprint, self.prefix, self.temperature = bilevel_data, fingerprint, prefix, temperature
+        model.to(self.device)
+        self.optimizers = make_optimizers(model, tcfg)
+        if bilevel_data is not None and "arch" not in self.optimizers:
+            raise ValueError("bi-level training needs a search model with architecture parameters")
+        self.base_lrs = {k: [g["lr"] for g in opt.param_groups] for k, opt in self.optimizers.items() if k != "arch"}
+        self.penalty = EmbeddingPenalty(model, tcfg)
+        self.plateau = tcfg.lr_schedule == "plateau"
+        steps = len(train_data)
+        self.steps_per_epoch = min(steps, tcfg.max_steps_per_epoch) if tcfg.max_steps_per_epoch else steps
+        self.total_steps = max(1, self.n_epochs * self.steps_per_epoch)
+        wd = Path(work_dir) if work_dir is not None else None
+        if wd is not None:
+            wd.mkdir(parents=True, exist_ok=True)
+        self.ckpt_path = wd / CHECKPOINT_FILE if wd is not None and tcfg.checkpoint else None
+        self.best_path = wd / BEST_FILE if wd is not None else None
+        self.state = _LoopState()
+
+    # ---- resume ------------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Continue from ``checkpoint.pt`` when it holds this run (same fingerprint)."""
+        ck = load_checkpoint(self.ckpt_path) if self.ckpt_path is not None else None
+        if ck is None:
+            return
+        if ck.get("fingerprint") != self.fingerprint:
+            log.warning("%s: checkpoint of another run (fingerprint differs); starting fresh", self.ckpt_path)
+            return
+        self.model.load_state_dict(ck["model"])
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(ck["optimizers"][k])
+        torch.set_rng_state(ck["torch_rng"])
+        st = self.state
+        st.history = [EpochRecord(**r) for r in ck["history"]]
+        st.best, st.bad_epochs, st.step = ck["best"], ck["bad_epochs"], ck["step"]
+        st.lr_scale = float(ck.get("lr_scale", 1.0))
+        st.start_epoch = self.n_epochs if ck.get("stopped") else ck["epoch"] + 1
+        st.resumed_from = ck["epoch"]
+        log.info("%sresuming from %s after epoch %d", self.prefix, self.ckpt_path, ck["epoch"] + 1)
+
+    # ---- one epoch ---------------------------------------------------------------------------------
+    def _set_learning_rates(self, epoch: int) -> None:
+        """train.lr_decay: a function of the epoch (or of the plateaus so far), so resuming is exact."""
+        scale = self.state.lr_scale if self.plateau else self.tcfg.lr_decay**epoch
+        for k, lrs in self.base_lrs.items():
+            for g, lr in zip(self.optimizers[k].param_groups, lrs):
+                g["lr"] = lr * scale
+
+    def _set_temperature(self) -> float | None:
+        if self.temperature is None:
+            return None
+        tau = float(self.temperature(self.state.step / self.total_steps))
+        self.model.set_temperature(tau)
+        return tau
+
+    def train_epoch(self, epoch: int) -> EpochRecord:
+        """One pass over the training batches (at most ``train.max_steps_per_epoch`` steps); the
+        record's validation figures are filled in by :meth:`end_epoch`."""
+        tcfg, model, prefix = self.tcfg, self.model, self.prefix
+        self._set_learning_rates(epoch)
+        bilevel_iter = _cycle(self.bilevel_data, epoch) if self.bilevel_data is not None else None
+        if hasattr(self.train_data, "set_epoch"):
+            self.train_data.set_epoch(epoch)
+        model.train()
+        t0 = last_log = time.perf_counter()
+        loss_sum, n_seen, n_steps = 0.0, 0, 0
+        tau = None
+        for batch in self.train_data:
+            if tcfg.max_steps_per_epoch and n_steps >= tcfg.max_steps_per_epoch:
+                break
+            tau = self._set_temperature()
+            batch = batch.to(self.device, non_blocking=True)
+            if bilevel_iter is not None:
+                loss = bilevel_step(model, batch, next(bilevel_iter).to(self.device), self.optimizers, tcfg.amp,
+                                    self.penalty)
+            else:
+                loss = train_step(model, batch, self.optimizers, tcfg.amp, self.penalty)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"{prefix}training loss is {loss} at epoch {epoch + 1}, step {n_steps}")
+            loss_sum += loss * len(batch)
+            n_seen += len(batch)
+            n_steps += 1
+            self.state.step += 1
+            now = time.perf_counter()
+            if now - last_log > 30:
+                log.info("%sepoch %d: %d/%d steps, loss %.5f, %.0f samples/s", prefix, epoch + 1,
+                         n_steps, self.steps_per_epoch, loss_sum / n_seen, n_seen / (now - t0))
+                last_log = now
+        secs = time.perf_counter() - t0
+        return EpochRecord(epoch=epoch + 1, train_loss=loss_sum / max(n_seen, 1), valid_auc=math.nan,
+                           valid_logloss=math.nan, seconds=secs, samples=n_seen,
+                           samples_per_s=n_seen / secs if secs > 0 else 0.0, tau=tau)
+
+    # ---- end of epoch ------------------------------------------------------------------------------
+    def end_epoch(self, rec: EpochRecord) -> bool:
+        """Evaluate, log, keep the best weights, apply the plateau schedule and checkpoint; returns
+        whether to stop early."""
+        st, tcfg, prefix = self.state, self.tcfg, self.prefix
+        self._set_temperature()
+        ev = evaluate(self.model, self.valid_data, self.device, tcfg.amp)
+        rec.valid_auc, rec.valid_logloss = ev["auc"], ev["logloss"]
+        st.history.append(rec)
+        self._log_epoch(rec)
+        improved = rec.valid_auc > st.best["auc"] or st.best["epoch"] < 0
+        if improved:
+            self._keep_best(rec)
+        else:
+            st.bad_epochs += 1
+        stop = (not improved) and st.bad_epochs >= max(tcfg.patience, 1)
+        if self.plateau and not improved and not stop:
+            st.lr_scale *= tcfg.lr_decay
+            st.best_state, st.best_opt_state = _restore_best(self.model, self.optimizers, st.best_state,
+                                                             st.best_opt_state, self.best_path)
+            log.info("%sno improvement: back to epoch %d's weights, learning rates x%.3g", prefix,
+                     st.best["epoch"], st.lr_scale)
+        self._save_checkpoint(rec.epoch - 1, stop)
+        if stop:
+            log.info("%searly stop after epoch %d (best epoch %d, valid AUC %.5f)", prefix, rec.epoch,
+                     st.best["epoch"], st.best["auc"])
+        return stop
+
+    def _log_epoch(self, rec: EpochRecord) -> None:
+        log.info(
+            "%sepoch %d/%d: loss %.5f, valid AUC %.5f, valid logloss %.5f, %.0f samples/s%s",
+            self.prefix, rec.epoch, self.n_epochs, rec.train_loss, rec.valid_auc, rec.valid_logloss,
+            rec.samples_per_s, "" if rec.tau is None else f", tau {rec.tau:.4f}",
+        )
+        metrics = {"train_loss": rec.train_loss, "valid_auc": rec.valid_auc, "valid_logloss": rec.valid_logloss,
+                   "samples_per_s": rec.samples_per_s}
+        if rec.tau is not None:
+            metrics["tau"] = rec.tau
+        self.tracker.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step=rec.epoch)
+
+    def _keep_best(self, rec: EpochRecord) -> None:
+        st = self.state
+        st.best = {"epoch": rec.epoch, "auc": rec.valid_auc, "logloss": rec.valid_logloss}
+        st.bad_epochs = 0
+        st.best_state = {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v)
+                         for k, v in self.model.state_dict().items()}
+        st.best_opt_state = _optimizer_states(self.optimizers) if self.plateau else None
+        if self.best_path is not None:
+            save_checkpoint(self.best_path, {"model": self.model.state_dict(), "epoch": rec.epoch,
+                                             "fingerprint": self.fingerprint, "optimizers": st.best_opt_state})
+
+    def _save_checkpoint(self, epoch: int, stopped: bool) -> None:
+        if self.ckpt_path is None:
+            return
+        st = self.state
+        save_checkpoint(self.ckpt_path, {
+            "model": self.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "torch_rng": torch.get_rng_state(),
+            "history": [asdict(r) for r in st.history],
+            "best": st.best, "bad_epochs": st.bad_epochs, "step": st.step, "epoch": epoch,
+            "fingerprint": self.fingerprint, "stopped": stopped, "lr_scale": st.lr_scale,
+        })
+
+    # ---- finish ------------------------------------------------------------------------------------
+    def finish(self) -> FitResult:
+        """Load the best weights; the run's figures."""
+        st, model = self.state, self.model
+        if st.best_state is not None:
+            model.load_state_dict(st.best_state)
+        elif self.best_path is not None and self.best_path.exists():
+            model.load_state_dict(load_checkpoint(self.best_path)["model"])
+        model.to(self.device)
+        total_secs = sum(r.seconds for r in st.history)
+        total_samples = sum(r.samples for r in st.history)
+        return FitResult(
+            best_epoch=int(st.best["epoch"]),
+            best_valid_auc=float(st.best["auc"]),
+            best_valid_logloss=float(st.best["logloss"]),
+            epochs=len(st.history),
+            seconds=total_secs,
+            samples_per_s=total_samples / total_secs if total_secs > 0 else 0.0,
+            history=st.history,
+            resumed_from=st.resumed_from,
+        )

@@ -1,6 +1,13 @@
-"""Never half-written outputs: stage folders built in a temporary sibling and moved into place at
-the end, and JSON files written through a temporary file + rename. Used by every stage
-(preprocess, synth, search / re-train / train, analyze, compare, evaluate)."""
+"""Never half-written outputs, the one set of helpers for them (preprocess, optinter and flows):
+
+* :func:`atomic_output_dir` — a stage folder built in a temporary sibling and moved into place at
+  the end (every stage: preprocess, synth, search / re-train / train, analyze, compare, evaluate);
+* :func:`atomic_file` / :func:`write_text_atomic` / :func:`write_json_atomic` — one file written
+  to a unique temporary file beside it, then renamed onto it (checkpoints, markers, metrics);
+* :func:`replace_dir` — a finished folder moved onto another, replacing it (rename, then delete
+  the old one);
+* :func:`scratch_beside` — a scratch folder on the same file system as a target.
+"""
 
 from __future__ import annotations
 
@@ -35,9 +42,7 @@ def atomic_output_dir(out_dir: str | os.PathLike[str], merge: bool = False) -> I
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if not out.exists():
-        os.replace(tmp, out)
-    elif merge:
+    if merge and out.exists():
         for entry in sorted(tmp.iterdir()):
             target = out / entry.name
             if entry.is_dir() and target.exists():
@@ -45,10 +50,45 @@ def atomic_output_dir(out_dir: str | os.PathLike[str], merge: bool = False) -> I
             os.replace(entry, target)
         shutil.rmtree(tmp, ignore_errors=True)
     else:
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)
+
+
+def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Move folder ``src`` onto ``dst`` (same file system), replacing an existing ``dst``: the old
+    one is renamed aside first and deleted after, so ``dst`` is always either old or new, whole."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+    os.replace(dst, old / dst.name)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a unique temporary path beside ``path``; write the file there. On success it is
+    renamed onto ``path`` (readers see the old file or the new one, whole); on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_file`."""
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding=encoding)
+    return path
 
 
 @contextmanager
@@ -80,10 +120,7 @@ def read_json(path: str | Path, missing: str = "file not found") -> Any:
 
 
 def write_json_atomic(path: str | Path, content: str | Any, default_name: str | None = None) -> Path:
-    """Write JSON (a string, or an object dumped with indent 2) via a temp file + rename."""
+    """Write JSON (a string, or an object dumped with indent 2) through :func:`atomic_file`."""
     path = json_path(path, default_name) if default_name else Path(path)
     text = content if isinstance(content, str) else json.dumps(content, indent=2)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, text)

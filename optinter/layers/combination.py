@@ -15,8 +15,8 @@ Relaxations (``model.relaxation``):
   ``torch.Generator`` (its state is saved in ``state_dict`` so a resumed run draws the same noise);
 * ``"softmax"``: p = softmax(α / τ) with an annealed τ (the authors' released code).
 
-τ is *set by the training loop* (:meth:`CombinationBlock.set_temperature`, schedule
-``tau_start → tau_end``); ``forward`` never changes it. In eval mode no noise is drawn and the
+τ is *set by the training loop* (:meth:`CombinationBlock.set_temperature`, the search's schedule
+``tau_start → tau_end``, :func:`optinter.search.tau_at`); ``forward`` never changes it. In eval mode no noise is drawn and the
 weights are either the expected weights softmax(α / τ) (``eval_weights="expected"``) or the
 one-hot argmax of α (``"argmax"``, eq. 19) — the "no re-train" ablation of Table IX.
 

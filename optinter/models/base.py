@@ -16,7 +16,7 @@ search → re-train machinery (:mod:`optinter.search`, :mod:`optinter.stages`). 
   with GRDA). Θ (every other parameter) is updated by the ordinary optimizer, on the same
   mini-batch (Algorithm 1) or alternately on validation batches (``train.bilevel``);
 * may take a temperature: the training loop calls :meth:`CTRModel.set_temperature` between
-  steps (τ schedule ``model.tau_start → model.tau_end``); ``forward`` never mutates state;
+  steps (the search's τ schedule :func:`optinter.search.tau_at`, ``model.tau_start → model.tau_end``); ``forward`` never mutates state;
 * turns its learned parameters into an :class:`optinter.architecture.Architecture` with
   :meth:`CTRModel.derive_architecture` (each pair → "memorize" / "factorize" / "naive").
 

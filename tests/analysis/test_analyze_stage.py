@@ -13,7 +13,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import mutual_info_score
 
 from encoded_data import write_encoded
-from optinter.analysis import load_architecture, mean_mi_by_method, run_analyze
+from optinter.analysis import load_arch_info, mean_mi_by_method, run_analyze
 from optinter.architecture import Architecture
 from optinter.tracking import RecordingTracker
 
@@ -94,24 +94,27 @@ def test_mean_mi_by_method_against_pandas():
 
 def test_architecture_mismatch_is_a_clear_error(data, tmp_path):
     root, fm, _ = data
-    bad = {"pairs": {"c0|c1": "memorize"}}
+    bad = {"version": 1, "pairs": {"c0|c1": "memorize"}}
     (tmp_path / "a.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="no method for pair"):
         run_analyze(root, tmp_path / "an", arch_path=tmp_path / "a.json")
     assert not (tmp_path / "an").exists()
 
 
-def test_load_architecture_layouts(tmp_path):
+def test_architecture_is_read_by_the_one_reader(tmp_path):
+    """analyze reads architecture.json with Architecture.load (methods and probabilities); a file
+    in another layout, or with an unknown method, is a clear error naming it."""
     names = ["a|b", "a|c"]
-    (tmp_path / "1.json").write_text(json.dumps({"methods": ["memorize", "naive"], "probs": [[.7, .2, .1], [.1, .1, .8]]}))
-    (tmp_path / "2.json").write_text(json.dumps({"pairs": [{"pair": "a|b", "method": "m"}, {"pair": "a|c", "method": 1}]}))
-    a1 = load_architecture(tmp_path / "1.json", names)
-    assert a1.methods == {"a|b": "memorize", "a|c": "naive"} and a1.probs["a|c"] == (.1, .1, .8)
-    a2 = load_architecture(tmp_path / "2.json", names)
-    assert a2.methods == {"a|b": "memorize", "a|c": "factorize"} and a2.counts()["naive"] == 0
-    (tmp_path / "3.json").write_text(json.dumps({"pairs": {"a|b": "memo", "a|c": "bogus"}}))
+    arch = Architecture(pairs=names, choices=["memorize", "naive"], probs=[[.7, .2, .1], [.1, .1, .8]])
+    info = load_arch_info(arch.save(tmp_path / "1.json"), names)
+    assert info.methods == {"a|b": "memorize", "a|c": "naive"} and info.probs["a|c"] == (.1, .1, .8)
+    assert info.counts() == {"memorize": 1, "factorize": 0, "naive": 1}
+    (tmp_path / "2.json").write_text(json.dumps({"methods": ["memorize", "naive"]}))
+    with pytest.raises(ValueError, match="version"):
+        load_arch_info(tmp_path / "2.json", names)
+    (tmp_path / "3.json").write_text(json.dumps({"version": 1, "pairs": {"a|b": "memorize", "a|c": "bogus"}}))
     with pytest.raises(ValueError, match="bogus"):
-        load_architecture(tmp_path / "3.json", names)
+        load_arch_info(tmp_path / "3.json", names)
 
 
 def test_analyze_without_pairs(tmp_path):

@@ -10,7 +10,8 @@ import pytest
 
 for _k, _v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true",
                "MLFLOW_DISABLE_TELEMETRY": "true",
-               "PREFECT_LOGGING_EXTRA_LOGGERS": "optinter,preprocess,flows"}.items():
+               "PREFECT_LOGGING_EXTRA_LOGGERS": "optinter,preprocess,flows",
+               "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore"}.items():
     os.environ.setdefault(_k, _v)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -13,7 +13,8 @@ from optinter.data import ParquetBatches
 from optinter.registry import build_model, build_search_model
 from optinter.search import evaluate_without_retrain, search
 from optinter.tracking import RecordingTracker
-from optinter.train import LazyAdam, evaluate, fit, make_optimizers, tau_at
+from optinter.search import tau_at
+from optinter.train import LazyAdam, evaluate, fit, make_optimizers
 from preprocess.feature_map import FeatureMap
 
 SMALL = ["model.embed_dim=4", "model.cross_embed_dim=3", "model.mlp_dims=16", "train.batch_size=500",
