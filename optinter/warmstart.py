@@ -22,7 +22,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -68,7 +68,7 @@ def lr_config(fmap: FeatureMap, cfg: RunConfig) -> RunConfig:
 
 def warm_start_first_order(
     model: CTRModel, fmap: FeatureMap, cfg: RunConfig,
-    loaders: Callable[[CTRModel, RunConfig], dict[str, Iterable[Batch]]], device: torch.device,
+    loaders: Callable[[CTRModel, RunConfig], Mapping[str, Iterable[Batch]]], device: torch.device,
     valid: Iterable[Batch],
 ) -> WarmStart:
     """Fit ``lr`` (see the module docstring) and copy its weights into ``model.linear``.

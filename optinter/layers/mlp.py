@@ -58,9 +58,10 @@ class MLP(nn.Module):
     @property
     def first(self) -> nn.Linear:
         """The first linear layer (needs at least one hidden layer)."""
-        if not len(self.body):
+        first = self.body[0] if len(self.body) else None
+        if not isinstance(first, nn.Linear):
             raise ValueError("this MLP has no hidden layer")
-        return self.body[0]
+        return first
 
     def after_first(self, h: torch.Tensor) -> torch.Tensor:
         """The rest of the network from the first layer's pre-activation h (B × hidden[0]):
