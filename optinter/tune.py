@@ -167,7 +167,8 @@ def train_trial(data_dir: str | Path, model_name: str, cfg: RunConfig, arch_path
     from .architecture import Architecture
     from .data import ParquetBatches
     from .registry import build_model, needs_architecture
-    from .train import fit, seed_everything
+    from .train import fit, resolve_device, seed_everything
+    from .warmstart import wants_warm_start, warm_start_first_order
 
     fmap = FeatureMap.load(data_dir)
     arch = None
@@ -187,8 +188,19 @@ def train_trial(data_dir: str | Path, model_name: str, cfg: RunConfig, arch_path
         if report is not None:
             report(rec.epoch, rec.valid_auc)
 
+    ws = None
+    if wants_warm_start(model, cfg):  # as the re-train does: start from the fitted LR, keep it if better
+        def loaders(m: Any, c: RunConfig) -> dict[str, ParquetBatches]:
+            ps = m.required_pairs()
+            return {"train": ParquetBatches(data_dir, fmap, "train", c.train.batch_size, ps, shuffle=True,
+                                            seed=c.train.seed),
+                    "valid": ParquetBatches(data_dir, fmap, "valid", c.train.eval_batch_size, ps)}
+
+        ws = warm_start_first_order(model, fmap, cfg, loaders, resolve_device(t.device), valid,
+                                    cache_key=str(Path(data_dir).resolve()))
     res = fit(model, train, valid, cfg, None, tracker, on_epoch_end=on_epoch_end)
-    return res.best_valid_auc, res.epochs
+    best = max(res.best_valid_auc, ws.valid_auc) if ws is not None else res.best_valid_auc
+    return best, res.epochs
 
 
 def _objective(data_dir: str, tc: TuneConfig, base: RunConfig, arch_path: str | None, tracker: Tracker) -> Any:

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 #: TrainConfig keys the LR fit takes from the stage's config (where and how, not what to learn).
 SHARED_TRAIN_KEYS = ("seed", "device", "amp", "num_threads", "eval_batch_size", "max_steps_per_epoch")
+#: Fitted LR weights per (cache key, feature-map hash, LR settings), the newest few.
+_FITTED: dict[tuple[str, str, str], tuple[dict[str, torch.Tensor], int]] = {}
+_FITTED_MAX = 4
 
 
 @dataclass
@@ -69,31 +72,43 @@ def lr_config(fmap: FeatureMap, cfg: RunConfig) -> RunConfig:
 def warm_start_first_order(
     model: CTRModel, fmap: FeatureMap, cfg: RunConfig,
     loaders: Callable[[CTRModel, RunConfig], Mapping[str, Iterable[Batch]]], device: torch.device,
-    valid: Iterable[Batch],
+    valid: Iterable[Batch], cache_key: str | None = None,
 ) -> WarmStart:
     """Fit ``lr`` (see the module docstring) and copy its weights into ``model.linear``.
 
     ``loaders(model, cfg)`` returns a model's ``{"train", "valid"}`` batches (the stage's loader
     factory, called for the LR); ``valid``: ``model``'s own validation batches, on which the start
-    is scored. The global RNG is saved and restored, so what the stage draws afterwards
+    is scored. With a ``cache_key`` (e.g. the data folder) the fitted weights are kept in this
+    process for the next call with the same key, data and LR settings (the tune stage's trials
+    share one LR fit). The global RNG is saved and restored, so what the stage draws afterwards
     (dropout masks, shuffles) does not depend on whether it warm-started.
     """
     from .registry import build_model
 
     t0 = time.perf_counter()
     lcfg = lr_config(fmap, cfg)
-    rng = torch.get_rng_state()
-    try:
-        lr = build_model("lr", fmap, lcfg.model).to(device)
-        data = loaders(lr, lcfg)
-        res = fit(lr, data["train"], data["valid"], lcfg, None, None)
-    finally:
-        torch.set_rng_state(rng)
+    key = (cache_key, fmap.content_hash, repr(lcfg)) if cache_key is not None else None
+    if key is not None and key in _FITTED:
+        weights, epochs = _FITTED[key]
+    else:
+        rng = torch.get_rng_state()
+        try:
+            lr = build_model("lr", fmap, lcfg.model).to(device)
+            data = loaders(lr, lcfg)
+            res = fit(lr, data["train"], data["valid"], lcfg, None, None)
+        finally:
+            torch.set_rng_state(rng)
+        weights = {k: v.detach().cpu().clone() for k, v in lr.linear.state_dict().items()}
+        epochs = res.epochs
+        if key is not None:
+            while len(_FITTED) >= _FITTED_MAX:
+                _FITTED.pop(next(iter(_FITTED)))
+            _FITTED[key] = (weights, epochs)
     with torch.no_grad():
-        model.linear.load_state_dict(lr.linear.state_dict())  # type: ignore[union-attr]
+        model.linear.load_state_dict(weights)  # type: ignore[union-attr]
     model.to(device)
     start = evaluate(model, valid, device, cfg.train.amp)
-    ws = WarmStart(valid_auc=start["auc"], valid_logloss=start["logloss"], epochs=res.epochs,
+    ws = WarmStart(valid_auc=start["auc"], valid_logloss=start["logloss"], epochs=epochs,
                    seconds=time.perf_counter() - t0, state=copy.deepcopy(model.state_dict()))
     log.info("first-order term started from a fitted LR: valid AUC %.4f, log loss %.4f (%d epochs, %.1f s)",
              ws.valid_auc, ws.valid_logloss, ws.epochs, ws.seconds)
