@@ -16,6 +16,7 @@ failure never leaves a half-written ``out``.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import logging
 import os
@@ -94,6 +95,15 @@ def _check_config(cfg: PreprocessConfig) -> None:
         v = getattr(cfg, key)
         if v is not None and (not isinstance(v, int) or v < 1):
             raise PreprocessError(f"parameter {key!r} must be an integer >= 1, got {v!r}", reason="settings")
+    for key, flag in (("field_thresholds", "--field-threshold"), ("pair_thresholds", "--pair-threshold")):
+        given_map = getattr(cfg, key)
+        if not isinstance(given_map, dict):
+            raise PreprocessError(f"parameter {key!r} ({flag}) must be a mapping NAME -> N, got {given_map!r}",
+                                  reason="settings")
+        for name, v in given_map.items():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise PreprocessError(f"parameter {key!r} ({flag} {name}={v}): the threshold must be an integer "
+                                      f">= 1, got {v!r}", reason="settings")
     if cfg.blocksize < 1024:
         raise PreprocessError(f"parameter 'blocksize' must be >= 1024 bytes, got {cfg.blocksize}", reason="settings")
     check_ratios(cfg.ratios)
@@ -104,6 +114,58 @@ def _check_config(cfg: PreprocessConfig) -> None:
     if cfg.raw is None and not all(given):
         raise PreprocessError("give raw files (--raw PATH...) or all three of --train, --valid, --test",
                               reason="settings")
+
+
+def check_threshold_names(cfg: PreprocessConfig, cat_fields: list[str], pairs: list[tuple[str, str]]) -> None:
+    """Every per-field / per-pair threshold must name a field that gets a vocabulary / a pair that is crossed.
+
+    Called once the schema is resolved against the files' columns (before any heavy work); an unknown
+    name is an error naming the parameter, never silently ignored.
+    """
+    fields = set(cat_fields)
+    for name in cfg.field_thresholds:
+        if name not in fields:
+            shown = ", ".join(cat_fields[:8]) + (", ..." if len(cat_fields) > 8 else "")
+            raise PreprocessError(f"parameter 'field_thresholds' (--field-threshold {name}=...): {name!r} is not a "
+                                  f"categorical field of this dataset (fields with a vocabulary: {shown})",
+                                  reason="settings")
+    names = [pair_column(a, b) for a, b in pairs]
+    known = set(names)
+    for name in cfg.pair_thresholds:
+        if name in known:
+            continue
+        parts = name.split("|")
+        hint = ""
+        if len(parts) == 2 and pair_column(parts[1], parts[0]) in known:
+            hint = f"; did you mean {pair_column(parts[1], parts[0])!r}?"
+        elif len(parts) == 2:
+            unknown = [f for f in parts if f not in fields]
+            hint = f"; {', '.join(map(repr, unknown))} is not a categorical field" if unknown else \
+                "; both fields exist but this pair is not crossed (see --cross-fields)"
+        else:
+            hint = "; a pair is written 'A|B'"
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise PreprocessError(f"parameter 'pair_thresholds' (--pair-threshold {name}=...): {name!r} is not a pair of "
+                              f"this dataset{hint} (pairs: {shown or 'none'})", reason="settings")
+
+
+def _check_names_early(cfg: PreprocessConfig, schema: DatasetSchema, first: Path) -> None:
+    """Resolve the schema against the first file's columns (its header line, read through gzip where
+    needed) and check the per-field / per-pair thresholds, before a cluster is started."""
+    if not (cfg.field_thresholds or cfg.pair_thresholds):
+        return
+    if schema.header:
+        opener = gzip.open if is_gzip(first) else open
+        try:
+            with opener(first, "rb") as fh:
+                line = fh.readline()
+        except (OSError, EOFError) as e:
+            raise PreprocessError(f"cannot read the header line ({e})", file=str(first), reason="bad_file") from e
+        columns = [c.strip() for c in line.decode("utf-8", errors="replace").rstrip("\r\n").split(schema.sep)]
+    else:
+        columns = list(schema.columns or [])
+    rs = schema.resolve(columns, where=f"dataset {cfg.dataset!r}")
+    check_threshold_names(cfg, rs.cat_fields, rs.pairs)
 
 
 def effective_schema(cfg: PreprocessConfig) -> DatasetSchema:
@@ -133,6 +195,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
     for _, p in inputs:
         if p.stat().st_size == 0:
             raise PreprocessError("empty file", file=str(p), reason="empty_file")
+    _check_names_early(cfg, schema, inputs[0][1])
     out = Path(cfg.out).resolve()
     seconds: dict[str, float] = {}
     with atomic_output_dir(out) as tmp:
