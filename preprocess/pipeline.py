@@ -213,6 +213,12 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
     return summary
 
 
+def _drop_scratch(path: Path) -> None:
+    """Remove a scratch folder as soon as no later job reads it: the stage's peak disk use is then the
+    largest set of folders alive at once (at full size the cross count tables alone are tens of GB)."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _timed(seconds: dict[str, float], name: str, t0: float) -> float:
     t1 = time.perf_counter()
     seconds[name] = round(seconds.get(name, 0.0) + t1 - t0, 3)
@@ -287,6 +293,7 @@ def _run(cfg: PreprocessConfig, schema: DatasetSchema, inputs: list[tuple[int | 
     oov = OOVThresholder(schema.oov_threshold, cfg.field_thresholds)
     jobs.fit_oov(client, spec, oov)
     oov.save(work / "oov.json")
+    _drop_scratch(work / "counts")
     t0 = _timed(seconds, "fit_oov", t0)
     log.info("OOV vocabularies: %s", {f: oov.vocab_size(f) for f in rs.cat_fields})
     mm = jobs.fit_minmax(results, rs.cont_fields)
@@ -296,10 +303,12 @@ def _run(cfg: PreprocessConfig, schema: DatasetSchema, inputs: list[tuple[int | 
     parts = [(s, r["index"]) for k, s in enumerate(SPLIT_NAMES) for r in results if r["rows"][k]]
     spec["cross_buckets"] = jobs.plan_cross_buckets(spec, oov, [r["rows"][0] for r in results if r["rows"][0]])
     jobs.encode_fields(client, spec, parts)
+    _drop_scratch(work / "typed")
     t0 = _timed(seconds, "encode_fields", t0)
     cv = CrossVocab(schema.cross_threshold, cfg.pair_thresholds)
     jobs.fit_cross(client, spec, oov, cv)
     cv.save(work / "cross")
+    _drop_scratch(work / "xcounts")
     t0 = _timed(seconds, "fit_cross", t0)
     # -- 6. final encoding --------------------------------------------------------------------------------------------
     final: list[tuple[str, int, int]] = []
@@ -307,6 +316,7 @@ def _run(cfg: PreprocessConfig, schema: DatasetSchema, inputs: list[tuple[int | 
         idx = [r["index"] for r in results if r["rows"][k]]
         final += [(s, b, j) for j, b in enumerate(idx)]
     jobs.encode_pairs(client, spec, final)
+    _drop_scratch(work / "enc")
     t0 = _timed(seconds, "encode_pairs", t0)
     # -- 7. feature map, vocabularies, summary ------------------------------------------------------------------------
     (tmp / VOCAB_DIR).mkdir()
