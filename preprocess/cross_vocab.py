@@ -13,9 +13,9 @@ keys of the ranges are merged (:func:`merge_buckets`), so the memory of one redu
 the size of one range, not by the number of rows.
 
 Ids are looked up (:meth:`CrossVocab.transform_pair`) through a dense ``key → id`` table when the key
-space is small next to the rows to encode (:data:`DENSE_LOOKUP_FACTOR`), else through an Arrow hash lookup built per call; the
-vocabulary itself stays two flat arrays per pair (no cached hash tables), so a worker's memory holds
-the model, not a multiple of it.
+space is small next to the rows to encode (:data:`DENSE_LOOKUP_FACTOR`), else by binary search in the
+pair's kept keys sorted once (a cached copy: 12 bytes a kept key, no hash tables), so encoding a
+partition costs O(rows · log K), not O(K), for a pair of K kept keys.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from preprocess.feature_map import FIRST_ID, OOV_ID, pair_column
 
@@ -147,7 +145,7 @@ class CrossVocab:
             self.vocab_b_: dict[str, int] = {}
             self.thresholds_: dict[str, int] = {}
         if not hasattr(self, "_index"):
-            self._index: dict[str, pa.Array] = {}
+            self._index: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # pair -> (sorted keys, their ids)
 
     def set_pair(self, name: str, vocab_b: int, reduced: Mapping[str, Any]) -> "CrossVocab":
         self._init_state()
@@ -190,14 +188,18 @@ class CrossVocab:
             if space < 2**31:
                 return table[np.asarray(a_ids, dtype=np.int32) * np.int32(vocab_b) + np.asarray(b_ids, dtype=np.int32)]
             return table[pair_keys(a_ids, b_ids, vocab_b)]
-        vs = self._index.get(name)
-        if vs is None:
-            vs = self._index[name] = pa.array(keys, type=pa.int64())  # zero-copy view, no hash table kept
-        pos = pc.index_in(pa.array(pair_keys(a_ids, b_ids, vocab_b)), value_set=vs)
-        # index_in gives null for unknown keys: -1 + FIRST_ID == OOV_ID
-        out = pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
-        out += FIRST_ID
-        return out
+        # binary search in the kept keys sorted once per pair (cached): O(n log K) a call, where a hash table
+        # of the K kept keys built per call made encoding cost O(parts × K), i.e. grow with rows × vocabulary
+        idx = self._index.get(name)
+        if idx is None:
+            order = np.argsort(keys, kind="stable")
+            idx = self._index[name] = (keys[order], (order + FIRST_ID).astype(np.int32))
+        sorted_keys, ids = idx
+        q = pair_keys(a_ids, b_ids, vocab_b)
+        if not len(sorted_keys):
+            return np.full(n, OOV_ID, dtype=np.int32)
+        pos = np.minimum(np.searchsorted(sorted_keys, q), len(sorted_keys) - 1)
+        return np.where(sorted_keys[pos] == q, ids[pos], np.int32(OOV_ID)).astype(np.int32, copy=False)
 
     # -- persistence: arrays in an .npz, the rest in JSON ------------------------------------------
     def save(self, path: str | Path) -> None:

@@ -308,6 +308,10 @@ def _run(cfg: PreprocessConfig, schema: DatasetSchema, inputs: list[tuple[int | 
     cv = CrossVocab(schema.cross_threshold, cfg.pair_thresholds)
     jobs.fit_cross(client, spec, oov, cv)
     cv.save(work / "cross")
+    # the workers read the vocabulary from disk; this process keeps only the sizes (the kept keys and counts
+    # of every pair are the largest state of the stage at full size: not held here while the pairs are encoded)
+    cross_sizes = {n: cv.vocab_size(n) for n in cv.keys_}
+    cv.keys_, cv.counts_ = {}, {}
     _drop_scratch(work / "xcounts")
     t0 = _timed(seconds, "fit_cross", t0)
     # -- 6. final encoding --------------------------------------------------------------------------------------------
@@ -321,7 +325,8 @@ def _run(cfg: PreprocessConfig, schema: DatasetSchema, inputs: list[tuple[int | 
     # -- 7. feature map, vocabularies, summary ------------------------------------------------------------------------
     (tmp / VOCAB_DIR).mkdir()
     oov.save(tmp / VOCAB_DIR / FIELDS_FILE)
-    cv.save(tmp / VOCAB_DIR / CROSS_STEM)
+    for suffix in (".json", ".npz"):  # the saved vocabulary, byte for byte
+        shutil.copyfile((work / "cross").with_suffix(suffix), (tmp / VOCAB_DIR / CROSS_STEM).with_suffix(suffix))
     mm.save(tmp / VOCAB_DIR / MINMAX_FILE)
     fields = []
     for name, kind, source, bucketized in rs.fields:
@@ -336,7 +341,7 @@ def _run(cfg: PreprocessConfig, schema: DatasetSchema, inputs: list[tuple[int | 
             fields.append(FieldSpec(name=name, kind=kind, column=name, source=source, min=mm.min_[name],
                                     max=mm.max_[name], missing_train=int(mm.missing_.get(name, 0))))
     pair_specs = [PairSpec(name=pair_column(a, b), fields=(a, b), column=pair_column(a, b),
-                           vocab_size=cv.vocab_size(pair_column(a, b)), threshold=cv.thresholds_[pair_column(a, b)],
+                           vocab_size=cross_sizes[pair_column(a, b)], threshold=cv.thresholds_[pair_column(a, b)],
                            distinct_train=cv.distinct_[pair_column(a, b)]) for a, b in pairs]
     settings = {"oov_threshold": schema.oov_threshold, "cross_threshold": schema.cross_threshold,
                 "field_thresholds": dict(cfg.field_thresholds), "pair_thresholds": dict(cfg.pair_thresholds),
