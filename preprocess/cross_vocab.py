@@ -13,9 +13,10 @@ keys of the ranges are merged (:func:`merge_buckets`), so the memory of one redu
 the size of one range, not by the number of rows.
 
 Ids are looked up (:meth:`CrossVocab.transform_pair`) through a dense ``key → id`` table when the key
-space is small next to the rows to encode (:data:`DENSE_LOOKUP_FACTOR`), else by binary search in the
-pair's kept keys sorted once (a cached copy: 12 bytes a kept key, no hash tables), so encoding a
-partition costs O(rows · log K), not O(K), for a pair of K kept keys.
+space is small next to the rows to encode (:data:`DENSE_LOOKUP_FACTOR`), else through an Arrow hash lookup
+built per call while the pair's K kept keys are few next to the rows (:data:`SEARCH_FACTOR`), else by
+binary search in the keys sorted once (a cached copy, 12 bytes a kept key): encoding a partition then
+costs O(rows · log K), not O(K), so it does not grow with rows × vocabulary at full size.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from preprocess.feature_map import FIRST_ID, OOV_ID, pair_column
 
@@ -35,6 +38,9 @@ DENSE_LIMIT = 1 << 21
 #: :meth:`CrossVocab.transform_pair` looks keys up in a dense table when the key space is at most this
 #: many times the rows (or 65,536): filling a table is cheaper than hashing that many rows.
 DENSE_LOOKUP_FACTOR = 16
+#: Past this many kept keys per row to encode, :meth:`CrossVocab.transform_pair` binary-searches a sorted copy
+#: of the keys instead of hashing all of them per call (measured crossover ~2–4 keys a row).
+SEARCH_FACTOR = 2
 
 
 def pair_keys(a_ids: np.ndarray, b_ids: np.ndarray, vocab_b: int) -> np.ndarray:
@@ -188,16 +194,21 @@ class CrossVocab:
             if space < 2**31:
                 return table[np.asarray(a_ids, dtype=np.int32) * np.int32(vocab_b) + np.asarray(b_ids, dtype=np.int32)]
             return table[pair_keys(a_ids, b_ids, vocab_b)]
-        # binary search in the kept keys sorted once per pair (cached): O(n log K) a call, where a hash table
-        # of the K kept keys built per call made encoding cost O(parts × K), i.e. grow with rows × vocabulary
+        q = pair_keys(a_ids, b_ids, vocab_b)
+        if len(keys) <= SEARCH_FACTOR * n:
+            # an Arrow hash lookup built per call: O(K + n), the cheaper one while K is small next to n
+            pos = pc.index_in(pa.array(q), value_set=pa.array(keys, type=pa.int64()))  # zero-copy value set
+            # index_in gives null for unknown keys: -1 + FIRST_ID == OOV_ID
+            out = pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+            out += FIRST_ID
+            return out
+        # binary search in the kept keys sorted once per pair (cached): O(n log K) a call; a hash table of all
+        # K kept keys per call would make encoding cost O(partitions × K), i.e. grow with rows × vocabulary
         idx = self._index.get(name)
         if idx is None:
             order = np.argsort(keys, kind="stable")
             idx = self._index[name] = (keys[order], (order + FIRST_ID).astype(np.int32))
         sorted_keys, ids = idx
-        q = pair_keys(a_ids, b_ids, vocab_b)
-        if not len(sorted_keys):
-            return np.full(n, OOV_ID, dtype=np.int32)
         pos = np.minimum(np.searchsorted(sorted_keys, q), len(sorted_keys) - 1)
         return np.where(sorted_keys[pos] == q, ids[pos], np.int32(OOV_ID)).astype(np.int32, copy=False)
 
