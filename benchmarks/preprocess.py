@@ -1,8 +1,10 @@
 """Benchmark of the preprocessing stage: Dask (``run_preprocess``) vs a single-process pandas version.
 
-    python benchmarks/preprocess.py --rows 1000000 4000000 [--repeat 2]
+    python benchmarks/preprocess.py --rows 1000000 4000000 [--repeat 2] [--continuous-mode minmax]
+    python benchmarks/preprocess.py --criteo ../shared/data/criteo/split --copies 8 --continuous-mode minmax --repeat 2
 
-For each N it writes N Criteo-shaped rows (label, 13 integer columns with blanks, 26 hashed
+For each N it writes N Criteo-shaped rows (or, with ``--criteo``, takes the real Criteo sample with its
+train split repeated ``--copies`` times) (label, 13 integer columns with blanks, 26 hashed
 categoricals drawn log-uniformly — Zipf with exponent 1 — over realistic Criteo cardinalities) as
 pre-split 8:1:1 TSV files, then runs, each in a fresh child process:
 
@@ -10,8 +12,8 @@ pre-split 8:1:1 TSV files, then runs, each in a fresh child process:
 * ``pandas``: the same steps in one pandas process (read, bucketize, OOV vocab, 325 cross vocabs,
   encode, write parquet).
 
-It prints wall seconds, rows/s, the CPU seconds and the peak RSS of the child's whole process tree
-(scheduler, nanny and worker processes included; sampled every 50 ms with psutil), the 1-minute load
+It prints wall seconds, rows/s, the CPU seconds and the peak memory of the child's whole process tree
+(scheduler, nanny and worker processes included; RSS summed and PSS summed, sampled every 50 ms with psutil), the 1-minute load
 average when the run ended (other jobs on the machine stretch wall time, not CPU time), and the
 pandas/dask ratios of wall and CPU time.
 """
@@ -67,13 +69,25 @@ def write_criteo_like(path: Path, n: int, seed: int, chunk: int = 250_000) -> No
 
 
 # ---- the single-process pandas implementation of the same steps ------------------------------------
-def pandas_impl(files: dict[str, str], out: str, oov_t: int = 20, cross_t: int = 20) -> dict:
+def pandas_impl(files: dict[str, str], out: str, oov_t: int = 20, cross_t: int = 20, mode: str = "bucketize") -> dict:
+    """``mode`` ``bucketize``: the 13 integer columns become categorical fields (floor(ln(x)²)); ``minmax``:
+    they stay continuous, scaled by the train min / max (missing → 0), and only C1..C26 get vocabularies."""
     import pandas as pd
 
     names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
     dfs = {s: pd.read_csv(p, sep="\t", header=None, names=names, dtype=str, keep_default_na=False)
            for s, p in files.items()}
-    for df in dfs.values():
+    scaled: dict[str, dict[str, np.ndarray]] = {s: {} for s in dfs}
+    if mode == "minmax":
+        for i in range(1, 14):
+            xs = {s: pd.to_numeric(df[f"I{i}"].replace("", np.nan)).to_numpy(np.float64) for s, df in dfs.items()}
+            lo, hi = np.nanmin(xs["train"]), np.nanmax(xs["train"])
+            for s, x in xs.items():
+                y = np.clip((x - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(x)
+                scaled[s][f"I{i}"] = np.where(np.isnan(x), 0.0, y).astype(np.float32)
+            for df in dfs.values():
+                del df[f"I{i}"]
+    for df in (dfs.values() if mode != "minmax" else ()):
         for i in range(1, 14):
             x = pd.to_numeric(df[f"I{i}"].replace("", np.nan)).to_numpy(np.float64)
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -81,8 +95,8 @@ def pandas_impl(files: dict[str, str], out: str, oov_t: int = 20, cross_t: int =
             tok = pd.Series(b.astype(np.int64)).astype(str)
             tok[np.isnan(x)] = ""
             df[f"I{i}"] = tok.to_numpy()
-    fields = names[1:]
-    enc = {s: {"label": df["label"].astype(np.float32).to_numpy()} for s, df in dfs.items()}
+    fields = [c for c in names[1:] if c in dfs["train"].columns]
+    enc = {s: {"label": df["label"].astype(np.float32).to_numpy(), **scaled[s]} for s, df in dfs.items()}
     sizes = {}
     for f in fields:
         vc = dfs["train"][f].value_counts()
@@ -112,46 +126,50 @@ def pandas_impl(files: dict[str, str], out: str, oov_t: int = 20, cross_t: int =
     return {"rows": {s: len(c["label"]) for s, c in enc.items()}}
 
 
-def dask_impl(files: dict[str, str], out: str, workers: int, blocksize: int) -> dict:
+def dask_impl(files: dict[str, str], out: str, workers: int, blocksize: int, mode: str = "bucketize") -> dict:
     from preprocess.pipeline import PreprocessConfig, run_preprocess
 
     cfg = PreprocessConfig(dataset="criteo", out=out, train=[files["train"]], valid=[files["valid"]],
-                           test=[files["test"]], n_workers=workers, blocksize=blocksize)
+                           test=[files["test"]], n_workers=workers, blocksize=blocksize, continuous_mode=mode)
     s = run_preprocess(cfg)
     return {"rows": s["rows"], "seconds": s["seconds"]}
 
 
 # ---- measuring --------------------------------------------------------------------------------------
-def run_child(args: list[str]) -> tuple[dict, float, float, float]:
-    """Run this script as a child; return (its JSON result, wall seconds, peak RSS of its process tree in MiB,
-    CPU seconds of its process tree — last sample of every process seen; robust to other load on the machine)."""
+def run_child(args: list[str]) -> tuple[dict, float, dict[str, float], float]:
+    """Run this script as a child; return (its JSON result, wall seconds, peak memory of its process tree in MiB
+    — ``{"rss": summed RSS, "pss": summed PSS}``, each the peak over the samples of the sum over every process
+    of the tree (scheduler, nanny and worker processes included) —, CPU seconds of its process tree — last
+    sample of every process seen; robust to other load on the machine)."""
     import psutil
 
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
-    peak = 0
+    peak = {"rss": 0, "pss": 0}
     cpu: dict[int, float] = {}
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
         try:
             root = psutil.Process(proc.pid)
         except psutil.NoSuchProcess:
             return
         while not stop.is_set():
-            total = 0
+            rss = pss = 0
             try:
                 for p in [root, *root.children(recursive=True)]:
                     try:
-                        total += p.memory_info().rss
+                        mi = p.memory_full_info()  # PSS from /proc/PID/smaps_rollup: shared pages counted once
+                        rss += mi.rss
+                        pss += mi.pss
                         ct = p.cpu_times()
                         cpu[p.pid] = ct.user + ct.system
-                    except psutil.NoSuchProcess:
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
                         pass
             except psutil.NoSuchProcess:
                 break
-            peak = max(peak, total)
+            peak["rss"] = max(peak["rss"], rss)
+            peak["pss"] = max(peak["pss"], pss)
             time.sleep(0.05)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -162,12 +180,46 @@ def run_child(args: list[str]) -> tuple[dict, float, float, float]:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"child {args} failed with exit code {proc.returncode}")
-    return json.loads(stdout.strip().splitlines()[-1]), wall, peak / 2**20, sum(cpu.values())
+    return json.loads(stdout.strip().splitlines()[-1]), wall, {k: v / 2**20 for k, v in peak.items()}, sum(cpu.values())
+
+
+def criteo_copies(src: Path, dest: Path, copies: int) -> dict[str, str]:
+    """The real Criteo sample (``src``/{train,valid,test}.tsv.gz): train concatenated ``copies`` times,
+    valid and test once, as plain TSV in ``dest`` (written once, reused)."""
+    import gzip
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for s, k in (("train", copies), ("valid", 1), ("test", 1)):
+        p = dest / f"{s}_x{k}.tsv"
+        if not p.exists():
+            tmp = p.with_suffix(".part")
+            with open(tmp, "wb") as fo:
+                for _ in range(k):
+                    with gzip.open(src / f"{s}.tsv.gz", "rb") as fi:
+                        shutil.copyfileobj(fi, fo, 1 << 22)
+            tmp.rename(p)
+        files[s] = str(p)
+    return files
+
+
+def _count_rows(path: str) -> int:
+    n = 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            n += chunk.count(b"\n")
+    return n
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
+    ap.add_argument("--criteo", metavar="DIR", help="use the real Criteo sample split in DIR (train/valid/test.tsv.gz) "
+                                                     "instead of generated rows: train repeated --copies times")
+    ap.add_argument("--copies", type=int, default=8, help="train copies with --criteo (default 8: 877,688 rows)")
+    ap.add_argument("--continuous-mode", default="bucketize", choices=("bucketize", "minmax"),
+                    help="the 13 integer columns: log² buckets (categorical) or min-max (continuous), both impls")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--blocksize", type=int, default=32 << 20)
     ap.add_argument("--skip-pandas", action="store_true")
@@ -184,40 +236,52 @@ def main() -> None:
     a = ap.parse_args()
     if a.child:
         files = json.loads(a.files)
-        res = dask_impl(files, a.out, a.workers, a.blocksize) if a.child == "dask" else pandas_impl(files, a.out)
+        res = (dask_impl(files, a.out, a.workers, a.blocksize, a.continuous_mode) if a.child == "dask"
+               else pandas_impl(files, a.out, mode=a.continuous_mode))
         print(json.dumps(res))
         return
     base = Path(a.dir or tempfile.mkdtemp(prefix="bench_pp_"))
     base.mkdir(parents=True, exist_ok=True)
-    print(f"{'rows':>9} {'impl':>7} {'seconds':>8} {'rows/s':>9} {'CPU s':>7} {'peak RSS MiB':>13}  notes")
-    for n in a.rows:
-        d = base / f"n{n}"
-        d.mkdir(exist_ok=True)
-        files = {}
-        for s, frac, seed in (("train", 0.8, 1), ("valid", 0.1, 2), ("test", 0.1, 3)):
-            p = d / f"{s}.tsv"
-            if not p.exists():
-                write_criteo_like(p, int(n * frac), seed + n)
-            files[s] = str(p)
+    print(f"continuous mode {a.continuous_mode}, {a.workers} workers x 1 thread, blocksize {a.blocksize >> 20} MiB; "
+          f"peak memory = the largest sum over the whole process tree (RSS summed / PSS summed)")
+    print(f"{'rows':>9} {'impl':>7} {'seconds':>8} {'rows/s':>9} {'CPU s':>7} {'RSS MiB':>8} {'PSS MiB':>8}  notes")
+    inputs: list[tuple[int, Path, dict[str, str]]] = []
+    if a.criteo:
+        files = criteo_copies(Path(a.criteo), base / f"criteo_x{a.copies}", a.copies)
+        inputs.append((sum(_count_rows(p) for p in files.values()), base / f"criteo_x{a.copies}", files))
+    else:
+        for n in a.rows:
+            d = base / f"n{n}"
+            d.mkdir(exist_ok=True)
+            files = {}
+            for s, frac, seed in (("train", 0.8, 1), ("valid", 0.1, 2), ("test", 0.1, 3)):
+                p = d / f"{s}.tsv"
+                if not p.exists():
+                    write_criteo_like(p, int(n * frac), seed + n)
+                files[s] = str(p)
+            inputs.append((n, d, files))
+    for n, d, files in inputs:
         mb = sum(os.path.getsize(p) for p in files.values()) / 2**20
-        res: dict[str, list[tuple[float, float]]] = {}
+        res: dict[str, list[tuple[float, float, float]]] = {}
         for _ in range(max(1, a.repeat)):
             for impl in ("dask", "pandas"):
                 if impl == "pandas" and (a.skip_pandas or n > a.pandas_max_rows):
                     continue
                 out = d / f"out_{impl}"
                 r, wall, peak, cpu_s = run_child(["--child", impl, "--files", json.dumps(files), "--out", str(out),
-                                                  "--workers", str(a.workers), "--blocksize", str(a.blocksize)])
-                res.setdefault(impl, []).append((wall, cpu_s))
+                                                  "--workers", str(a.workers), "--blocksize", str(a.blocksize),
+                                                  "--continuous-mode", a.continuous_mode])
+                res.setdefault(impl, []).append((wall, cpu_s, peak["pss"]))
                 note = f"{mb:.0f} MiB input, load {os.getloadavg()[0]:.1f}"
                 if impl == "dask":
                     note += " jobs " + json.dumps(r["seconds"])
-                print(f"{n:>9} {impl:>7} {wall:>8.1f} {n / wall:>9.0f} {cpu_s:>7.1f} {peak:>13.0f}  {note}",
-                      flush=True)
+                print(f"{n:>9} {impl:>7} {wall:>8.1f} {n / wall:>9.0f} {cpu_s:>7.1f} {peak['rss']:>8.0f} "
+                      f"{peak['pss']:>8.0f}  {note}", flush=True)
         if "pandas" in res:
-            best = {k: (min(w for w, _ in v), min(c for _, c in v)) for k, v in res.items()}
+            best = {k: (min(w for w, _, _ in v), min(c for _, c, _ in v), min(m for _, _, m in v)) for k, v in res.items()}
             print(f"{n:>9} ratio pandas/dask: wall time {best['pandas'][0] / best['dask'][0]:.2f}x, "
-                  f"CPU time {best['pandas'][1] / best['dask'][1]:.2f}x", flush=True)
+                  f"CPU time {best['pandas'][1] / best['dask'][1]:.2f}x, peak PSS {best['pandas'][2] / best['dask'][2]:.2f}x",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python benchmarks/train.py [--device auto|cpu|cuda] [--steps 20] [--threads 2] [--repeat 1]
                                [--models search,retrain,deepfm,optinter_f] [--pair-vocab 20000]
-                               [--loader-rows 100000]
+                               [--loader-rows 600000] [--loader-epochs 3] [--loader-only]
 
 Criteo-shaped random data: 39 fields (13 continuous + 26 categorical), 325 pairs, batch 2000,
 Table IV dimensions for Criteo (s1=20, s2=10, MLP 700×5, LayerNorm). Categorical vocabularies are
@@ -11,7 +11,8 @@ ids are uniform. Each model runs in its own child process, so the peak RSS print
 model's. ``retrain`` uses a random architecture (≈ 1/3 memorize / factorize / naive, like
 Table VI's [117, 98, 110] on Criteo). A step = forward + backward + optimizer steps (search: Θ
 and α together, Algorithm 1). The last lines give search/DeepFM and re-train/DeepFM step-time
-ratios (median step time; best of ``--repeat`` runs per model), and the parquet loader's rows/s on Criteo-shaped files (with and without pair columns).
+ratios (median step time; best of ``--repeat`` runs per model), and the parquet loader's rows/s on Criteo-shaped files (all pair columns, a re-train's memorized
+ones, none; first epoch and steady state; ``--loader-only`` for just that).
 """
 
 from __future__ import annotations
@@ -119,28 +120,46 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(rec))
 
 
-def loader_speed(rows: int, pair_vocab: int) -> list[tuple[str, float]]:
+def loader_speed(rows: int, pair_vocab: int, epochs: int = 3, part_rows: int = 200_000) -> list[tuple[str, list[float]]]:
+    """Rows/s of the shuffled parquet loader (batch 2000, default shuffle buffer) over ``rows`` Criteo-shaped
+    rows written as parts of ``part_rows`` rows (one row group each, as the preprocessing stage writes them),
+    per epoch, for three column sets: all 325 pair columns, the memorized pairs of a random re-train
+    architecture (~1/3), none. The first epoch of a fresh process also pays the first touch of the staging
+    buffer's pages (slow in a VM that hands memory to the guest lazily); later epochs are the steady state.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from optinter.architecture import random_architecture
     from optinter.data import ParquetBatches
 
     out = []
     with tempfile.TemporaryDirectory() as d:
         fmap = criteo_like_map(pair_vocab, rows=rows)
         rng = np.random.default_rng(0)
-        cols = {f.column: rng.integers(0, f.vocab_size, rows, dtype=np.int32) for f in fmap.categorical}
-        cols.update({f.column: rng.random(rows, dtype=np.float32) for f in fmap.continuous})
-        cols.update({p.column: rng.integers(0, p.vocab_size, rows, dtype=np.int32) for p in fmap.pairs})
-        cols["label"] = (rng.random(rows) < 0.25).astype(np.float32)
         os.makedirs(f"{d}/train")
-        pq.write_table(pa.table(cols), f"{d}/train/part-00000.parquet", row_group_size=100_000)
+        for k, start in enumerate(range(0, rows, part_rows)):
+            m = min(part_rows, rows - start)
+            cols = {f.column: rng.integers(0, f.vocab_size, m, dtype=np.int32) for f in fmap.categorical}
+            cols.update({f.column: rng.random(m, dtype=np.float32) for f in fmap.continuous})
+            cols.update({p.column: rng.integers(0, p.vocab_size, m, dtype=np.int32) for p in fmap.pairs})
+            cols["label"] = (rng.random(m) < 0.25).astype(np.float32)
+            pq.write_table(pa.table(cols), f"{d}/train/part-{k:05d}.parquet", compression="snappy")
+            del cols
         fmap.save(d)
-        for label, pairs in (("all 325 pair columns", [p.name for p in fmap.pairs]), ("no pair columns", [])):
+        arch = random_architecture(fmap, seed=0)
+        memorized = [p for p, c in zip(arch.pairs, arch.choices) if c == "memorize"]
+        for label, pairs in ((f"all {fmap.num_pairs} pair columns", [p.name for p in fmap.pairs]),
+                             (f"{len(memorized)} memorized pair columns (re-train)", memorized),
+                             ("no pair columns", [])):
             dl = ParquetBatches(d, fmap, "train", 2000, pairs, shuffle=True, seed=0)
-            t0 = time.perf_counter()
-            n = sum(len(b) for b in dl)
-            out.append((label, n / (time.perf_counter() - t0)))
+            per_epoch = []
+            for epoch in range(epochs):
+                dl.set_epoch(epoch)
+                t0 = time.perf_counter()
+                n = sum(len(b) for b in dl)
+                per_epoch.append(n / (time.perf_counter() - t0))
+            out.append((label, per_epoch))
     return out
 
 
@@ -157,11 +176,16 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     ap.add_argument("--factorize-source", default="orig", choices=("orig", "table"),
                     help="OptInter's factorized embedding: field embeddings (s1 wide) or a separate s2 table")
-    ap.add_argument("--loader-rows", type=int, default=100_000, help="0 = skip the loader benchmark")
+    ap.add_argument("--loader-rows", type=int, default=600_000, help="0 = skip the loader benchmark")
+    ap.add_argument("--loader-epochs", type=int, default=3, help="epochs per loader measurement")
+    ap.add_argument("--loader-only", action="store_true", help="only the loader benchmark (no model steps)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args)
+        return
+    if args.loader_only:
+        print_loader(args)
         return
     fmap = criteo_like_map(args.pair_vocab)
     print(f"Criteo-shaped: {N_CONT} continuous + {N_CAT} categorical fields, {fmap.num_pairs} pairs, "
@@ -198,9 +222,18 @@ def main() -> None:
                 print(f"step time {name} / deepfm: {results[name]['ms_per_step'] / d:.2f}x")
     else:
         print("deepfm not measured (not registered yet?): no ratio")
-    if args.loader_rows:
-        for label, rps in loader_speed(args.loader_rows, args.pair_vocab):
-            print(f"parquet loader, shuffled, {label}: {rps:,.0f} rows/s")
+    print_loader(args)
+
+
+def print_loader(args: argparse.Namespace) -> None:
+    if not args.loader_rows:
+        return
+    print(f"parquet loader, shuffled, batch 2000, {args.loader_rows:,} rows, 1-minute load "
+          f"{os.getloadavg()[0]:.1f} before:")
+    for label, per_epoch in loader_speed(args.loader_rows, args.pair_vocab, args.loader_epochs):
+        steady = f", steady state (best later epoch) {max(per_epoch[1:]):,.0f} rows/s" if len(per_epoch) > 1 else ""
+        print(f"  {label}: first epoch {per_epoch[0]:,.0f} rows/s{steady}  "
+              f"[per epoch: {', '.join(f'{x:,.0f}' for x in per_epoch)}]", flush=True)
 
 
 if __name__ == "__main__":

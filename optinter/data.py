@@ -12,6 +12,14 @@ are collected into a shuffle buffer of about ``shuffle_buffer`` rows, and the bu
 before it is cut into batches; rows left over (fewer than a batch) are carried into the next
 buffer. Memory is bounded by the buffer (plus one chunk), whatever the size of the split.
 Evaluation order is the stored row order.
+
+Speed (``ParquetBatches``): chunks are written column by column straight into one row-major staging
+buffer per pass (no column-major copy, no transpose), the buffer's permutation is applied as an index
+(each batch gathers its rows once, straight into its int64 tensors), the ids are checked against the
+vocabularies from the row groups' min/max statistics (no pass over the ids; files without statistics
+are checked value by value) and the next record batch is decoded in a second thread. Only the columns
+the model reads are decoded (a re-trained OptInter: its memorized pairs). ``benchmarks/train.py
+--loader-only`` prints rows/s per epoch.
 """
 
 from __future__ import annotations
@@ -288,8 +296,41 @@ class ParquetBatches(EncodedColumns):
         return -(-self.num_rows // self.batch_size)
 
     # ---- reading -----------------------------------------------------------------------------------
-    def _chunks(self, units: Sequence[_Unit]) -> Iterator[dict[str, np.ndarray]]:
-        """Column arrays of at most ``chunk_rows`` rows, unit by unit."""
+    def _unit_unchecked(self, pf: pq.ParquetFile, u: _Unit) -> set[str]:
+        """Id columns of a unit whose range its row group's min/max statistics do not vouch for.
+
+        Raises on a column whose statistics already show an id outside ``[0, vocab)``; the columns
+        returned (no statistics) are checked chunk by chunk instead. Statistics make the check free:
+        no pass over the ids.
+        """
+        if not self.check_ids:
+            return set()
+        rg = pf.metadata.row_group(u.row_group)
+        where = {rg.column(i).path_in_schema: i for i in range(rg.num_columns)}
+        todo: set[str] = set()
+        for cols, vocab in ((self.cat_cols, self.cat_vocab), (self.pair_cols, self.pair_vocab)):
+            for c, v in zip(cols, vocab.tolist()):
+                st = rg.column(where[c]).statistics if c in where else None
+                if st is None or not st.has_min_max or st.min is None or st.max is None:
+                    todo.add(c)
+                elif st.min < 0 or st.max >= v:
+                    raise ValueError(f"{u.path}: column {c!r} has ids outside [0, {v}) (max {st.max}); data does not "
+                                     f"match feature_map.json")
+        return todo
+
+    def _column(self, rb: pa.RecordBatch, c: str, path: Path, unchecked: set[str], vocab: int = 0) -> np.ndarray:
+        """One column of a record batch as numpy (zero-copy for a plain int32 / float32 column)."""
+        col = rb.column(c)
+        if col.null_count:
+            raise ValueError(f"{path}: column {c!r} has {col.null_count} missing values")
+        arr = col.to_numpy(zero_copy_only=False)
+        if c in unchecked and len(arr) and (arr.max() >= vocab or arr.min() < 0):
+            raise ValueError(f"{path}: column {c!r} has ids outside [0, {vocab}) (max {arr.max()}); data does not "
+                             f"match feature_map.json")
+        return arr
+
+    def _record_batches(self, units: Sequence[_Unit]) -> Iterator[tuple[_Unit, set[str], pa.RecordBatch]]:
+        """``(unit, id columns to check per chunk, record batch)`` of at most ``chunk_rows`` rows, unit by unit."""
         cur_path: Path | None = None
         pf: pq.ParquetFile | None = None
         for u in units:
@@ -297,69 +338,107 @@ class ParquetBatches(EncodedColumns):
                 pf = pq.ParquetFile(u.path)
                 cur_path = u.path
             assert pf is not None
+            unchecked = self._unit_unchecked(pf, u)
             for rb in pf.iter_batches(batch_size=self.chunk_rows, row_groups=[u.row_group], columns=self.columns):
-                yield self._convert(rb, u.path)
+                yield u, unchecked, rb
 
-    @staticmethod
-    def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        if len(parts) == 1:
-            return parts[0]
-        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+    def _stream(self, units: Sequence[_Unit], rng: np.random.Generator | None) -> Iterator[Batch]:
+        """Batches of the rows of ``units`` in order, through one row-major staging buffer.
 
-    @staticmethod
-    def _rows(arrs: dict[str, np.ndarray]) -> int:
-        return int(arrs["label"].shape[0])
-
-    @staticmethod
-    def _take(arrs: dict[str, np.ndarray], sl: slice | np.ndarray) -> dict[str, np.ndarray]:
-        return {k: v[sl] for k, v in arrs.items()}
-
-    def _iter_ordered(self) -> Iterator[Batch]:
-        pending: list[dict[str, np.ndarray]] = []
+        Each record batch (at most ``chunk_rows`` rows of one row group) is written column by column
+        into the next free rows of the buffer (strided writes: no column-major copy, no transpose).
+        ``rng`` None (ordered): a batch is a run of consecutive rows. Otherwise, once the buffer holds
+        ``shuffle_buffer`` rows (and at the end), it is permuted with ``rng`` — as an index, the rows do
+        not move — and batch ``j`` gathers rows ``perm[j·B:(j+1)·B]`` (one row gather straight into the
+        batch's tensors); the rows left over (fewer than a batch) move, in permuted order, to the front of
+        the buffer. The buffer is allocated once per pass (pages are touched only as rows arrive), so
+        memory is about ``(shuffle_buffer + chunk_rows) × row bytes`` whatever the size of the split.
+        """
+        B = self.batch_size
+        limit = self.shuffle_buffer if rng is not None else B
+        cap = max(1, min(limit + self.chunk_rows, max(self.num_rows, 1)))
+        n_cat, n_pair, n_cont, n_multi = len(self.cat_cols), len(self.pair_cols), len(self.cont_cols), len(self.multi_cols)
+        cat = np.empty((cap, n_cat), np.int32)
+        pairs = np.empty((cap, n_pair), np.int32)
+        cont = np.empty((cap, n_cont), np.float32)
+        label = np.zeros(cap, np.float32)
+        multi = np.empty((cap, n_multi, self.multi_len), np.int32) if n_multi else None
+        has_label = self.fmap.label in self.columns
+        bufs = [x for x in (cat, pairs, cont, label, multi) if x is not None]
         rows = 0
-        for ch in self._chunks(self.units):
-            pending.append(ch)
-            rows += self._rows(ch)
-            if rows >= self.batch_size:
-                buf = self._concat(pending)
-                n_full = (rows // self.batch_size) * self.batch_size
-                for s in range(0, n_full, self.batch_size):
-                    yield self._to_batch(buf, slice(s, s + self.batch_size))
-                pending = [self._take(buf, slice(n_full, rows))] if n_full < rows else []
-                rows -= n_full
-        if rows and not self.drop_last:
-            yield self._to_batch(self._concat(pending), slice(0, rows))
 
-    def _iter_shuffled(self) -> Iterator[Batch]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        units = [self.units[i] for i in rng.permutation(len(self.units))]
-        pending: list[dict[str, np.ndarray]] = []
-        rows = 0
+        def emit(sel: slice | np.ndarray) -> Batch:
+            if isinstance(sel, slice):
+                take = (lambda x, dt=None: x[sel].astype(dt) if dt is not None else x[sel].copy())
+            else:
+                take = (lambda x, dt=None: np.take(x, sel, axis=0).astype(dt, copy=False) if dt is not None
+                        else np.take(x, sel, axis=0))
+            n = (sel.stop - sel.start) if isinstance(sel, slice) else len(sel)
+            return Batch(
+                torch.from_numpy(take(cat, np.int64)),
+                torch.from_numpy(take(cont)),
+                torch.from_numpy(take(pairs, np.int64)),
+                torch.from_numpy(take(label)),
+                torch.from_numpy(take(multi, np.int64)) if multi is not None else torch.zeros(n, 0, 0, dtype=torch.long),
+            )
+
+        def carry(sel: slice | np.ndarray) -> int:
+            """Move the rows ``sel`` (fewer than a batch) to the front of the buffer; return their count."""
+            for x in bufs:
+                x[: (len(sel) if not isinstance(sel, slice) else sel.stop - sel.start)] = x[sel]
+            return len(sel) if not isinstance(sel, slice) else sel.stop - sel.start
 
         def flush(final: bool) -> Iterator[Batch]:
-            nonlocal pending, rows
-            buf = self._take(self._concat(pending), rng.permutation(rows))  # one row gather
-            n_full = (rows // self.batch_size) * self.batch_size
-            for s in range(0, n_full, self.batch_size):
-                yield self._to_batch(buf, slice(s, s + self.batch_size))
+            nonlocal rows
+            n_full = (rows // B) * B
+            if rng is None:
+                for s0 in range(0, n_full, B):
+                    yield emit(slice(s0, s0 + B))
+                rest: slice | np.ndarray = slice(n_full, rows)
+                if final:
+                    if rows > n_full and not self.drop_last:
+                        yield emit(rest)
+                    rows = 0
+                else:
+                    rows = carry(rest) if rows > n_full else 0
+                return
+            perm = rng.permutation(rows)
+            for s0 in range(0, n_full, B):
+                yield emit(perm[s0:s0 + B])
             if final:
                 if rows > n_full and not self.drop_last:
-                    yield self._to_batch(buf, slice(n_full, rows))
-                pending, rows = [], 0
+                    yield emit(perm[n_full:rows])
+                rows = 0
             else:
-                pending = [self._take(buf, slice(n_full, rows))] if rows > n_full else []
-                rows -= n_full
+                rows = carry(perm[n_full:rows]) if rows > n_full else 0
 
-        for ch in self._chunks(units):
-            pending.append(ch)
-            rows += self._rows(ch)
-            if rows >= self.shuffle_buffer:
+        chunks = self._record_batches(units)
+        if self.prefetch > 0:  # decode the next record batch (pyarrow, GIL released) while this one is staged
+            chunks = _prefetch(chunks, 1)
+        for u, unchecked, rb in chunks:
+            m = rb.num_rows
+            r1 = rows + m
+            for k, c in enumerate(self.cat_cols):
+                cat[rows:r1, k] = self._column(rb, c, u.path, unchecked, int(self.cat_vocab[k]))
+            for k, c in enumerate(self.pair_cols):
+                pairs[rows:r1, k] = self._column(rb, c, u.path, unchecked, int(self.pair_vocab[k]))
+            for k, c in enumerate(self.cont_cols):
+                cont[rows:r1, k] = self._column(rb, c, u.path, unchecked)
+            if has_label:
+                label[rows:r1] = self._column(rb, self.fmap.label, u.path, unchecked)
+            if multi is not None:
+                multi[rows:r1] = self._pad_lists(rb, u.path)
+            rows = r1
+            if rows >= limit:
                 yield from flush(final=False)
         if rows:
             yield from flush(final=True)
 
     def _iter(self) -> Iterator[Batch]:
-        return self._iter_shuffled() if self.shuffle else self._iter_ordered()
+        if not self.shuffle:
+            return self._stream(self.units, None)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return self._stream([self.units[i] for i in rng.permutation(len(self.units))], rng)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.prefetch <= 0:

@@ -13,9 +13,10 @@ keys of the ranges are merged (:func:`merge_buckets`), so the memory of one redu
 the size of one range, not by the number of rows.
 
 Ids are looked up (:meth:`CrossVocab.transform_pair`) through a dense ``key → id`` table when the key
-space is small next to the rows to encode (:data:`DENSE_LOOKUP_FACTOR`), else through an Arrow hash lookup built per call; the
-vocabulary itself stays two flat arrays per pair (no cached hash tables), so a worker's memory holds
-the model, not a multiple of it.
+space is small next to the rows to encode (:data:`DENSE_LOOKUP_FACTOR`), else through an Arrow hash lookup
+built per call while the pair's K kept keys are few next to the rows (:data:`SEARCH_FACTOR`), else by
+binary search in the keys sorted once (a cached copy, 12 bytes a kept key): encoding a partition then
+costs O(rows · log K), not O(K), so it does not grow with rows × vocabulary at full size.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ DENSE_LIMIT = 1 << 21
 #: :meth:`CrossVocab.transform_pair` looks keys up in a dense table when the key space is at most this
 #: many times the rows (or 65,536): filling a table is cheaper than hashing that many rows.
 DENSE_LOOKUP_FACTOR = 16
+#: Past this many kept keys per row to encode, :meth:`CrossVocab.transform_pair` binary-searches a sorted copy
+#: of the keys instead of hashing all of them per call (measured crossover ~2–4 keys a row).
+SEARCH_FACTOR = 2
 
 
 def pair_keys(a_ids: np.ndarray, b_ids: np.ndarray, vocab_b: int) -> np.ndarray:
@@ -147,7 +151,7 @@ class CrossVocab:
             self.vocab_b_: dict[str, int] = {}
             self.thresholds_: dict[str, int] = {}
         if not hasattr(self, "_index"):
-            self._index: dict[str, pa.Array] = {}
+            self._index: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # pair -> (sorted keys, their ids)
 
     def set_pair(self, name: str, vocab_b: int, reduced: Mapping[str, Any]) -> "CrossVocab":
         self._init_state()
@@ -190,14 +194,23 @@ class CrossVocab:
             if space < 2**31:
                 return table[np.asarray(a_ids, dtype=np.int32) * np.int32(vocab_b) + np.asarray(b_ids, dtype=np.int32)]
             return table[pair_keys(a_ids, b_ids, vocab_b)]
-        vs = self._index.get(name)
-        if vs is None:
-            vs = self._index[name] = pa.array(keys, type=pa.int64())  # zero-copy view, no hash table kept
-        pos = pc.index_in(pa.array(pair_keys(a_ids, b_ids, vocab_b)), value_set=vs)
-        # index_in gives null for unknown keys: -1 + FIRST_ID == OOV_ID
-        out = pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
-        out += FIRST_ID
-        return out
+        q = pair_keys(a_ids, b_ids, vocab_b)
+        if len(keys) <= SEARCH_FACTOR * n:
+            # an Arrow hash lookup built per call: O(K + n), the cheaper one while K is small next to n
+            pos = pc.index_in(pa.array(q), value_set=pa.array(keys, type=pa.int64()))  # zero-copy value set
+            # index_in gives null for unknown keys: -1 + FIRST_ID == OOV_ID
+            out = pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+            out += FIRST_ID
+            return out
+        # binary search in the kept keys sorted once per pair (cached): O(n log K) a call; a hash table of all
+        # K kept keys per call would make encoding cost O(partitions × K), i.e. grow with rows × vocabulary
+        idx = self._index.get(name)
+        if idx is None:
+            order = np.argsort(keys, kind="stable")
+            idx = self._index[name] = (keys[order], (order + FIRST_ID).astype(np.int32))
+        sorted_keys, ids = idx
+        pos = np.minimum(np.searchsorted(sorted_keys, q), len(sorted_keys) - 1)
+        return np.where(sorted_keys[pos] == q, ids[pos], np.int32(OOV_ID)).astype(np.int32, copy=False)
 
     # -- persistence: arrays in an .npz, the rest in JSON ------------------------------------------
     def save(self, path: str | Path) -> None:

@@ -28,7 +28,11 @@ from preprocess.errors import BAD_COLUMN_COUNT, BAD_LABEL, BAD_NUMBER, Preproces
 log = logging.getLogger(__name__)
 
 DICT_STR = pa.dictionary(pa.int32(), pa.string())
-_NUM_RE = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
+#: A number cell, after trimming blanks: a decimal (``12``, ``-1.5``, ``.5``, ``3e-2``) or a non-finite literal
+#: (``nan``, ``inf``, ``infinity``, any case, optional sign), which is read as missing like an empty cell.  Exactly
+#: the strings Arrow's string → float64 cast accepts, less its ``nan(...)`` payload form, so that the fast path
+#: (the cast) and the regex path of :func:`parse_numbers` agree on every cell whatever else is in its partition.
+_NUM_RE = r"^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|(?i:nan|inf|infinity))$"
 
 
 def expand_inputs(patterns: list[str] | tuple[str, ...] | str, what: str = "--raw") -> list[Path]:
@@ -126,27 +130,37 @@ def line_starts(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def parse_numbers(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """A string column read as numbers: ``(values, bad)``, both of shape N.
 
-    ``values`` is float64 with NaN for a missing cell (empty after trimming blanks, or null) and for
-    ±inf; ``bad`` marks the cells that are not numbers (their value is NaN too).
+    ``values`` is float64 with NaN for a missing cell (empty after trimming blanks, or null), for the
+    literals ``nan`` / ``inf`` / ``infinity`` (any case, signed or not) and for decimals that overflow
+    to ±inf; ``bad`` marks the cells that are not numbers (:data:`_NUM_RE`; their value is NaN too).
+    A cell's result depends on that cell only, never on the rest of its partition: a column without
+    empty cells is cast in one go (fast path) and only its non-finite results are checked against the
+    pattern; other columns are matched against the pattern first.
     """
     col = pc.utf8_trim_whitespace(col.cast(pa.string()).fill_null(""))
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
     miss = pc.equal(col, "").to_numpy(zero_copy_only=False)
     badnum = np.zeros(len(col), dtype=bool)
-    try:
-        num = pc.cast(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col, pa.float64(), safe=True) \
-            if not miss.any() else None
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        num = None
-    if num is None:
+    arr: np.ndarray | None = None
+    if not miss.any():
+        try:
+            arr = pc.cast(col, pa.float64(), safe=True).to_numpy(zero_copy_only=False).astype(np.float64)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            arr = None
+        if arr is not None:
+            odd = np.flatnonzero(~np.isfinite(arr))
+            if len(odd):  # nan / inf literals, overflow, or a form the pattern refuses (``nan(1)``)
+                ok = pc.match_substring_regex(col.take(pa.array(odd)), _NUM_RE).to_numpy(zero_copy_only=False)
+                badnum[odd[~ok]] = True
+    if arr is None:
         valid = pc.match_substring_regex(col, _NUM_RE).to_numpy(zero_copy_only=False)
         badnum = ~valid & ~miss
         clean = pc.if_else(pa.array(valid), col, pa.scalar(None, pa.string()))
-        arr = pc.cast(clean, pa.float64()).to_numpy(zero_copy_only=False)
-    else:
-        arr = num.to_numpy(zero_copy_only=False).astype(np.float64)
-    fin = np.isfinite(arr) | np.isnan(arr)
-    arr = np.where(np.isinf(arr), np.nan, arr) if not fin.all() else arr
-    return np.asarray(arr, dtype=np.float64), badnum
+        arr = np.asarray(pc.cast(clean, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if badnum.any() or not np.isfinite(arr).all():
+        arr = np.where(np.isfinite(arr) & ~badnum, arr, np.nan)
+    return arr, badnum
 
 
 def parse_block(data: bytes, columns: list[str], sep: str, label: str | None, categorical: list[str],
@@ -155,7 +169,8 @@ def parse_block(data: bytes, columns: list[str], sep: str, label: str | None, ca
 
     Returns ``{"table": pa.Table of good rows, "offsets": int64 byte offset of each good row's line
     in the block, "lines": int64 index of each good row's line in the block, "n_lines": physical
-    lines, "bad": [(line_index_in_block, reason, detail), ...]}``.
+    lines, "bad": [(line_index_in_block, reason, detail), ...]}`` (one entry per bad line: the first of
+    its reasons in the order column count, label, number).
     In the table the label is int8, continuous columns float64 (NaN = missing) and every other
     column a dictionary-encoded string (missing = ``""``). ``label=None`` (scoring) reads no label:
     a label column, if the file has one, is then ignored like any column not asked for.
@@ -237,6 +252,8 @@ def parse_block(data: bytes, columns: list[str], sep: str, label: str | None, ca
         typed = typed.filter(pa.array(ok))
         good_lines = good_lines[ok]
     bad.sort()
+    if len(bad) > 1:  # one entry per rejected row (its first reason), however many of its cells are bad
+        bad = [b for i, b in enumerate(bad) if i == 0 or b[0] != bad[i - 1][0]]
     return {"table": typed, "offsets": starts[good_lines], "lines": good_lines.astype(np.int64), "n_lines": n_lines,
             "bad": bad}
 

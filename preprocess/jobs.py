@@ -84,18 +84,33 @@ def run_tasks(client: Any, fn: Callable, items: list, what: str, count: Callable
         return out
     from distributed import as_completed
 
-    futs = client.map(call, items, pure=False)
+    futs: list = client.map(call, items, pure=False)
     pos = {f.key: i for i, f in enumerate(futs)}
     done = 0
     try:
         for fut in as_completed(futs):
-            out[pos[fut.key]] = fut.result()
+            i = pos[fut.key]
+            out[i] = fut.result()
+            futs[i] = None  # the last reference: the worker drops its copy of the result now, not at the job's end
+            del fut
             done += 1
-            progress(done, out[pos[fut.key]])
+            progress(done, out[i])
     except BaseException:
-        client.cancel(futs)
+        client.cancel([f for f in futs if f is not None])
         raise
     return out
+
+
+def _trim_heap() -> None:
+    """Hand the free heap back to the OS (glibc ``malloc_trim``) after a task whose transient arrays are large
+    and of varying sizes (the cross reduce): the workers keep freed buffers in the heap between tasks
+    (:data:`preprocess.cluster.QUIET_CONFIG`), which must not let fragmentation grow with the number of slots."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 # ---- 1. ingest ------------------------------------------------------------------------------------
@@ -292,6 +307,7 @@ def reduce_slots(group: list[tuple[int, int]], spec: dict[str, Any], thresholds:
         del parts
         r["pair"], r["slot"] = pi, slot
         out.append(r)
+    _trim_heap()
     return out
 
 
@@ -340,8 +356,7 @@ def encode_pairs_part(item: tuple[str, int, int], spec: dict[str, Any]) -> dict[
             t = t.append_column(name, pa.array(arr))
     pq.write_table(t, Path(spec["tmp_out"]) / sname / f"part-{k:05d}.parquet", compression="snappy")
     n = t.num_rows
-    del t, ids
-    pa.default_memory_pool().release_unused()  # hand the part's buffers back to the OS between tasks
+    del t, ids  # the part's Arrow buffers stay in the pool for the next task (re-faulting them cost more)
     return {"rows": n}
 
 

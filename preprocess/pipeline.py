@@ -16,6 +16,7 @@ failure never leaves a half-written ``out``.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import logging
 import os
@@ -94,6 +95,15 @@ def _check_config(cfg: PreprocessConfig) -> None:
         v = getattr(cfg, key)
         if v is not None and (not isinstance(v, int) or v < 1):
             raise PreprocessError(f"parameter {key!r} must be an integer >= 1, got {v!r}", reason="settings")
+    for key, flag in (("field_thresholds", "--field-threshold"), ("pair_thresholds", "--pair-threshold")):
+        given_map = getattr(cfg, key)
+        if not isinstance(given_map, dict):
+            raise PreprocessError(f"parameter {key!r} ({flag}) must be a mapping NAME -> N, got {given_map!r}",
+                                  reason="settings")
+        for name, v in given_map.items():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise PreprocessError(f"parameter {key!r} ({flag} {name}={v}): the threshold must be an integer "
+                                      f">= 1, got {v!r}", reason="settings")
     if cfg.blocksize < 1024:
         raise PreprocessError(f"parameter 'blocksize' must be >= 1024 bytes, got {cfg.blocksize}", reason="settings")
     check_ratios(cfg.ratios)
@@ -104,6 +114,58 @@ def _check_config(cfg: PreprocessConfig) -> None:
     if cfg.raw is None and not all(given):
         raise PreprocessError("give raw files (--raw PATH...) or all three of --train, --valid, --test",
                               reason="settings")
+
+
+def check_threshold_names(cfg: PreprocessConfig, cat_fields: list[str], pairs: list[tuple[str, str]]) -> None:
+    """Every per-field / per-pair threshold must name a field that gets a vocabulary / a pair that is crossed.
+
+    Called once the schema is resolved against the files' columns (before any heavy work); an unknown
+    name is an error naming the parameter, never silently ignored.
+    """
+    fields = set(cat_fields)
+    for name in cfg.field_thresholds:
+        if name not in fields:
+            shown = ", ".join(cat_fields[:8]) + (", ..." if len(cat_fields) > 8 else "")
+            raise PreprocessError(f"parameter 'field_thresholds' (--field-threshold {name}=...): {name!r} is not a "
+                                  f"categorical field of this dataset (fields with a vocabulary: {shown})",
+                                  reason="settings")
+    names = [pair_column(a, b) for a, b in pairs]
+    known = set(names)
+    for name in cfg.pair_thresholds:
+        if name in known:
+            continue
+        parts = name.split("|")
+        hint = ""
+        if len(parts) == 2 and pair_column(parts[1], parts[0]) in known:
+            hint = f"; did you mean {pair_column(parts[1], parts[0])!r}?"
+        elif len(parts) == 2:
+            unknown = [f for f in parts if f not in fields]
+            hint = f"; {', '.join(map(repr, unknown))} is not a categorical field" if unknown else \
+                "; both fields exist but this pair is not crossed (see --cross-fields)"
+        else:
+            hint = "; a pair is written 'A|B'"
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise PreprocessError(f"parameter 'pair_thresholds' (--pair-threshold {name}=...): {name!r} is not a pair of "
+                              f"this dataset{hint} (pairs: {shown or 'none'})", reason="settings")
+
+
+def _check_names_early(cfg: PreprocessConfig, schema: DatasetSchema, first: Path) -> None:
+    """Resolve the schema against the first file's columns (its header line, read through gzip where
+    needed) and check the per-field / per-pair thresholds, before a cluster is started."""
+    if not (cfg.field_thresholds or cfg.pair_thresholds):
+        return
+    if schema.header:
+        opener = gzip.open if is_gzip(first) else open
+        try:
+            with opener(first, "rb") as fh:
+                line = fh.readline()
+        except (OSError, EOFError) as e:
+            raise PreprocessError(f"cannot read the header line ({e})", file=str(first), reason="bad_file") from e
+        columns = [c.strip() for c in line.decode("utf-8", errors="replace").rstrip("\r\n").split(schema.sep)]
+    else:
+        columns = list(schema.columns or [])
+    rs = schema.resolve(columns, where=f"dataset {cfg.dataset!r}")
+    check_threshold_names(cfg, rs.cat_fields, rs.pairs)
 
 
 def effective_schema(cfg: PreprocessConfig) -> DatasetSchema:
@@ -133,6 +195,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
     for _, p in inputs:
         if p.stat().st_size == 0:
             raise PreprocessError("empty file", file=str(p), reason="empty_file")
+    _check_names_early(cfg, schema, inputs[0][1])
     out = Path(cfg.out).resolve()
     seconds: dict[str, float] = {}
     with atomic_output_dir(out) as tmp:
@@ -148,6 +211,12 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
     log.info("preprocess done in %.1fs: %s rows -> %s", seconds["total"],
              {s: summary["rows"][s] for s in SPLIT_NAMES}, out)
     return summary
+
+
+def _drop_scratch(path: Path) -> None:
+    """Remove a scratch folder as soon as no later job reads it: the stage's peak disk use is then the
+    largest set of folders alive at once (at full size the cross count tables alone are tens of GB)."""
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _timed(seconds: dict[str, float], name: str, t0: float) -> float:
@@ -224,6 +293,7 @@ def _run(cfg: PreprocessConfig, schema: DatasetSchema, inputs: list[tuple[int | 
     oov = OOVThresholder(schema.oov_threshold, cfg.field_thresholds)
     jobs.fit_oov(client, spec, oov)
     oov.save(work / "oov.json")
+    _drop_scratch(work / "counts")
     t0 = _timed(seconds, "fit_oov", t0)
     log.info("OOV vocabularies: %s", {f: oov.vocab_size(f) for f in rs.cat_fields})
     mm = jobs.fit_minmax(results, rs.cont_fields)
@@ -233,10 +303,16 @@ def _run(cfg: PreprocessConfig, schema: DatasetSchema, inputs: list[tuple[int | 
     parts = [(s, r["index"]) for k, s in enumerate(SPLIT_NAMES) for r in results if r["rows"][k]]
     spec["cross_buckets"] = jobs.plan_cross_buckets(spec, oov, [r["rows"][0] for r in results if r["rows"][0]])
     jobs.encode_fields(client, spec, parts)
+    _drop_scratch(work / "typed")
     t0 = _timed(seconds, "encode_fields", t0)
     cv = CrossVocab(schema.cross_threshold, cfg.pair_thresholds)
     jobs.fit_cross(client, spec, oov, cv)
     cv.save(work / "cross")
+    # the workers read the vocabulary from disk; this process keeps only the sizes (the kept keys and counts
+    # of every pair are the largest state of the stage at full size: not held here while the pairs are encoded)
+    cross_sizes = {n: cv.vocab_size(n) for n in cv.keys_}
+    cv.keys_, cv.counts_ = {}, {}
+    _drop_scratch(work / "xcounts")
     t0 = _timed(seconds, "fit_cross", t0)
     # -- 6. final encoding --------------------------------------------------------------------------------------------
     final: list[tuple[str, int, int]] = []
@@ -244,11 +320,13 @@ def _run(cfg: PreprocessConfig, schema: DatasetSchema, inputs: list[tuple[int | 
         idx = [r["index"] for r in results if r["rows"][k]]
         final += [(s, b, j) for j, b in enumerate(idx)]
     jobs.encode_pairs(client, spec, final)
+    _drop_scratch(work / "enc")
     t0 = _timed(seconds, "encode_pairs", t0)
     # -- 7. feature map, vocabularies, summary ------------------------------------------------------------------------
     (tmp / VOCAB_DIR).mkdir()
     oov.save(tmp / VOCAB_DIR / FIELDS_FILE)
-    cv.save(tmp / VOCAB_DIR / CROSS_STEM)
+    for suffix in (".json", ".npz"):  # the saved vocabulary, byte for byte
+        shutil.copyfile((work / "cross").with_suffix(suffix), (tmp / VOCAB_DIR / CROSS_STEM).with_suffix(suffix))
     mm.save(tmp / VOCAB_DIR / MINMAX_FILE)
     fields = []
     for name, kind, source, bucketized in rs.fields:
@@ -263,7 +341,7 @@ def _run(cfg: PreprocessConfig, schema: DatasetSchema, inputs: list[tuple[int | 
             fields.append(FieldSpec(name=name, kind=kind, column=name, source=source, min=mm.min_[name],
                                     max=mm.max_[name], missing_train=int(mm.missing_.get(name, 0))))
     pair_specs = [PairSpec(name=pair_column(a, b), fields=(a, b), column=pair_column(a, b),
-                           vocab_size=cv.vocab_size(pair_column(a, b)), threshold=cv.thresholds_[pair_column(a, b)],
+                           vocab_size=cross_sizes[pair_column(a, b)], threshold=cv.thresholds_[pair_column(a, b)],
                            distinct_train=cv.distinct_[pair_column(a, b)]) for a, b in pairs]
     settings = {"oov_threshold": schema.oov_threshold, "cross_threshold": schema.cross_threshold,
                 "field_thresholds": dict(cfg.field_thresholds), "pair_thresholds": dict(cfg.pair_thresholds),
