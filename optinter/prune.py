@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from .architecture import Architecture
-from .config import PRUNE_MODES  # noqa: F401  (re-exported: the modes this module implements)
 from .models.base import Batch, CTRModel
 
 log = logging.getLogger(__name__)
@@ -50,10 +49,8 @@ class PairAblation:
     base_logloss: float
 
     def z(self) -> np.ndarray:
-        """Δ / SE (0 where both are 0: a pair whose removal changes nothing)."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(self.se > 0, self.delta / np.where(self.se > 0, self.se, 1.0), 0.0)
-        return np.where((self.se == 0) & (self.delta > 0), np.inf, z)
+        """Δ / SE; where SE = 0, +∞ if Δ > 0, else 0 (a pair whose removal changes nothing)."""
+        return np.divide(self.delta, self.se, out=np.where(self.delta > 0, np.inf, 0.0), where=self.se > 0)
 
 
 def supports_pruning(model: CTRModel) -> bool:

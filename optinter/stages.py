@@ -110,11 +110,13 @@ def _log_start(tr: Tracker, stage: str, name: str, cfg: RunConfig, data_dir: str
 
 
 def _warm_start(model: CTRModel, data_dir: str | Path, fmap: FeatureMap, cfg: RunConfig, device: torch.device,
-                valid: ParquetBatches) -> WarmStart | None:
-    """Start the first-order term from a fitted LR when ``train.first_order_init = "lr"``."""
+                valid: ParquetBatches, snapshot: bool = True) -> WarmStart | None:
+    """Start the first-order term from a fitted LR when ``train.first_order_init = "lr"``
+    (``snapshot``: keep the start's state for :func:`~optinter.warmstart.keep_better`)."""
     if not wants_warm_start(model, cfg):
         return None
-    return warm_start_first_order(model, fmap, cfg, lambda m, c: make_loaders(data_dir, fmap, m, c), device, valid)
+    return warm_start_first_order(model, fmap, cfg, lambda m, c: make_loaders(data_dir, fmap, m, c), device, valid,
+                                  snapshot=snapshot)
 
 
 def _setup(cfg: RunConfig) -> torch.device:
@@ -201,7 +203,7 @@ def _search_core(data_dir: str | Path, fmap: FeatureMap, cfg: RunConfig, model_n
     device = _setup(cfg)
     loaders = make_loaders(data_dir, fmap, model, cfg)
     log.info("search %s: %d pairs, %d parameters, device %s", model_name, fmap.num_pairs, model.num_params(), device)
-    ws = _warm_start(model, data_dir, fmap, cfg, device, loaders["valid"])
+    ws = _warm_start(model, data_dir, fmap, cfg, device, loaders["valid"], snapshot=False)  # no fallback in search
     arch, res = search(model, loaders["train"], loaders["valid"], cfg, work, tracker,
                        bilevel_data=loaders["valid_shuffled"], fingerprint=_fingerprint("search", model_name, cfg, fmap, None))
     arch.model = model_name

@@ -179,10 +179,16 @@ def train_trial(data_dir: str | Path, model_name: str, cfg: RunConfig, arch_path
     seed_everything(cfg.train.seed)
     model = build_model(model_name, fmap, cfg.model, arch=arch)
     _check_splits(data_dir, fmap, model)
-    pairs = model.required_pairs()
-    t = cfg.train
-    train = ParquetBatches(data_dir, fmap, "train", t.batch_size, pairs, shuffle=True, seed=t.seed)
-    valid = ParquetBatches(data_dir, fmap, "valid", t.eval_batch_size, pairs)
+
+    def loaders(m: Any, c: RunConfig) -> dict[str, ParquetBatches]:
+        """Train (shuffled) and valid batches of what model ``m`` reads; never the test split."""
+        ps = m.required_pairs()
+        return {"train": ParquetBatches(data_dir, fmap, "train", c.train.batch_size, ps, shuffle=True,
+                                        seed=c.train.seed),
+                "valid": ParquetBatches(data_dir, fmap, "valid", c.train.eval_batch_size, ps)}
+
+    data = loaders(model, cfg)
+    train, valid = data["train"], data["valid"]
 
     def on_epoch_end(rec: Any) -> None:
         if report is not None:
@@ -190,14 +196,8 @@ def train_trial(data_dir: str | Path, model_name: str, cfg: RunConfig, arch_path
 
     ws = None
     if wants_warm_start(model, cfg):  # as the re-train does: start from the fitted LR, keep it if better
-        def loaders(m: Any, c: RunConfig) -> dict[str, ParquetBatches]:
-            ps = m.required_pairs()
-            return {"train": ParquetBatches(data_dir, fmap, "train", c.train.batch_size, ps, shuffle=True,
-                                            seed=c.train.seed),
-                    "valid": ParquetBatches(data_dir, fmap, "valid", c.train.eval_batch_size, ps)}
-
-        ws = warm_start_first_order(model, fmap, cfg, loaders, resolve_device(t.device), valid,
-                                    cache_key=str(Path(data_dir).resolve()))
+        ws = warm_start_first_order(model, fmap, cfg, loaders, resolve_device(cfg.train.device), valid,
+                                    cache_key=str(Path(data_dir).resolve()), snapshot=False)
     res = fit(model, train, valid, cfg, None, tracker, on_epoch_end=on_epoch_end)
     best = max(res.best_valid_auc, ws.valid_auc) if ws is not None else res.best_valid_auc
     return best, res.epochs

@@ -28,7 +28,7 @@ import torch
 
 from preprocess.feature_map import FeatureMap
 
-from .config import FIRST_ORDER_INITS, RunConfig, apply_overrides, default_config  # noqa: F401
+from .config import RunConfig, apply_overrides, default_config
 from .layers.embedding import FieldBias
 from .models.base import Batch, CTRModel
 from .train import evaluate, fit
@@ -45,13 +45,13 @@ _FITTED_MAX = 4
 @dataclass
 class WarmStart:
     """The fitted LR the model started from: its validation AUC / log loss, epochs and seconds,
-    and (for :func:`keep_better`) the model's state right after the copy."""
+    and (for :func:`keep_better`; None when not asked for) the model's state right after the copy."""
 
     valid_auc: float
     valid_logloss: float
     epochs: int
     seconds: float
-    state: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor] | None
 
     def metrics(self) -> dict[str, Any]:
         return {"warm_start_valid_auc": self.valid_auc, "warm_start_valid_logloss": self.valid_logloss,
@@ -72,7 +72,7 @@ def lr_config(fmap: FeatureMap, cfg: RunConfig) -> RunConfig:
 def warm_start_first_order(
     model: CTRModel, fmap: FeatureMap, cfg: RunConfig,
     loaders: Callable[[CTRModel, RunConfig], Mapping[str, Iterable[Batch]]], device: torch.device,
-    valid: Iterable[Batch], cache_key: str | None = None,
+    valid: Iterable[Batch], cache_key: str | None = None, snapshot: bool = True,
 ) -> WarmStart:
     """Fit ``lr`` (see the module docstring) and copy its weights into ``model.linear``.
 
@@ -80,7 +80,8 @@ def warm_start_first_order(
     factory, called for the LR); ``valid``: ``model``'s own validation batches, on which the start
     is scored. With a ``cache_key`` (e.g. the data folder) the fitted weights are kept in this
     process for the next call with the same key, data and LR settings (the tune stage's trials
-    share one LR fit). The global RNG is saved and restored, so what the stage draws afterwards
+    share one LR fit). ``snapshot=False`` skips the copy of the model's state that
+    :func:`keep_better` needs (the search never falls back to it). The global RNG is saved and restored, so what the stage draws afterwards
     (dropout masks, shuffles) does not depend on whether it warm-started.
     """
     from .registry import build_model
@@ -109,7 +110,8 @@ def warm_start_first_order(
     model.to(device)
     start = evaluate(model, valid, device, cfg.train.amp)
     ws = WarmStart(valid_auc=start["auc"], valid_logloss=start["logloss"], epochs=epochs,
-                   seconds=time.perf_counter() - t0, state=copy.deepcopy(model.state_dict()))
+                   seconds=time.perf_counter() - t0,
+                   state=copy.deepcopy(model.state_dict()) if snapshot else None)
     log.info("first-order term started from a fitted LR: valid AUC %.4f, log loss %.4f (%d epochs, %.1f s)",
              ws.valid_auc, ws.valid_logloss, ws.epochs, ws.seconds)
     return ws
@@ -119,6 +121,8 @@ def keep_better(model: CTRModel, ws: WarmStart, trained_valid_auc: float) -> boo
     """Restore the warm start when training never beat its validation AUC; True if restored."""
     if trained_valid_auc >= ws.valid_auc:
         return False
+    if ws.state is None:
+        raise ValueError("keep_better needs the warm start's state: call warm_start_first_order(snapshot=True)")
     model.load_state_dict(ws.state)
     log.info("no epoch beat the fitted LR it started from on valid (%.4f < %.4f): keeping the start",
              trained_valid_auc, ws.valid_auc)
