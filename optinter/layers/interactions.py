@@ -81,7 +81,7 @@ class PairGather(nn.Module):
     def pair_major(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """e: B × F × D → the two sides as contiguous P × B × D tensors (ready for ``bmm`` over P)."""
         et = e.transpose(0, 1).contiguous()  # F × B × D: each gathered row is one memcpy
-        return et[self.rows], et[self.cols]  # (advanced indexing: far faster than index_select here)
+        return et.index_select(0, self.rows), et.index_select(0, self.cols)
 
 
 # ---- interaction functions --------------------------------------------------------------------
@@ -199,10 +199,10 @@ class PairSubNetwork(PairGather):
         p, last = self.num_pairs, len(self.weights) - 1
         for k, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.relu(torch.baddbmm(b.unsqueeze(1), h, w))  # P × B × H: pair k's own weights
-            if self.layer_norm:  # fused LayerNorm per row over all P × H units (batch-major)
+            if self.layer_norm:  # LayerNorm per row over all P × H units (batch-major)
                 hdim = h.shape[-1]
-                h = F.layer_norm(h.transpose(0, 1).contiguous(), (p, hdim),
-                                 self.gains[k].expand(p, hdim), self.shifts[k].expand(p, hdim))
+                h = F.layer_norm(h.transpose(0, 1).contiguous(), (p, hdim))  # no affine: see layers.norm
+                h = torch.addcmul(self.shifts[k], h, self.gains[k])  # thread-invariant gain / shift grads
                 if k < last:
                     h = h.transpose(0, 1).contiguous()
             elif k == last:

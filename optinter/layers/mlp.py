@@ -12,6 +12,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .norm import LayerNorm
+
 
 class MLP(nn.Module):
     """in_dim → hidden dims (Linear → ReLU → LayerNorm [→ Dropout]) → ``out_dim`` (linear).
@@ -36,7 +38,7 @@ class MLP(nn.Module):
             lin = nn.Linear(d, h)
             layers += [lin, nn.ReLU()]
             if layer_norm:
-                layers.append(nn.LayerNorm(h))
+                layers.append(LayerNorm(h))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             d = h

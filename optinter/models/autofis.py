@@ -32,7 +32,6 @@ import logging
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from preprocess.feature_map import FeatureMap
@@ -76,8 +75,19 @@ class GatedInnerProducts(nn.Module):
     def normalized(self, e: torch.Tensor) -> torch.Tensor:
         """e: B × F × D → BN(⟨e_i, e_j⟩): B × P."""
         ip = self.product(e)
-        use_batch = self.training and ip.shape[0] > 1
-        return F.batch_norm(ip, self.running_mean, self.running_var, None, None, use_batch, BN_MOMENTUM, BN_EPS)
+        if not (self.training and ip.shape[0] > 1):
+            return (ip - self.running_mean) * torch.rsqrt(self.running_var + BN_EPS)
+        # F.batch_norm's semantics (biased variance to normalize, unbiased in the running average), written
+        # with column reductions: its fused CPU backward sums per thread, so gradients would change with the
+        # number of threads (see optinter.layers.norm)
+        mean = ip.mean(0)
+        centred = ip - mean
+        var = (centred * centred).mean(0)
+        with torch.no_grad():
+            n = ip.shape[0]
+            self.running_mean.lerp_(mean.detach(), BN_MOMENTUM)
+            self.running_var.lerp_(var.detach() * (n / (n - 1)), BN_MOMENTUM)
+        return centred * torch.rsqrt(var + BN_EPS)
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         if self.num_pairs == 0:
