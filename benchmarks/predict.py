@@ -2,7 +2,7 @@
 
     python benchmarks/predict.py [--rows 500000] [--workers 2] [--requests 300] [--repeat 1] [--paper] [--dir DIR]
 
-1. Writes ``--rows`` Criteo-shaped rows (the generator of ``benchmarks/preprocess.py``) as the train
+1. Writes ``--rows`` Criteo-shaped rows (the generator of ``benchmarks/_common.py``) as the train
    file plus ``rows/10`` valid and test rows, and preprocesses them with the Dask stage
    (LocalCluster ``--workers`` x 1 thread, all 325 crosses, thresholds 20): its rows/s (all rows read
    / the stage's seconds, cluster start included) is the reference.
@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -32,18 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
+# the shared helpers (``_common``) come from this folder, which then leaves the import path again:
+# benchmarks/preprocess.py would shadow the ``preprocess`` package (see ``_common``'s docstring)
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # benchmarks/preprocess.py shadows preprocess
+sys.path.insert(0, str(_HERE))
+from _common import CRITEO_COLUMNS, write_criteo_splits  # noqa: E402
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import numpy as np  # noqa: E402
-
-
-def _bench_preprocess():
-    spec = importlib.util.spec_from_file_location("bench_preprocess", _HERE / "preprocess.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def build_models(data: Path, out: Path, paper: bool, seed: int = 0) -> dict[str, Path]:
@@ -93,11 +88,10 @@ def served_latency(bundle: Path, test_file: Path, requests: int, scratch: Path,
     if not model_dir.exists():
         assert save_pyfunc_model(bundle, model_dir) is not None
     kinds = Predictor.load(bundle).raw_columns
-    names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
     rows = []
     with open(test_file) as fh:
         for line, _ in zip(fh, range(requests + 20)):
-            cells = dict(zip(names, line.rstrip("\n").split("\t")))
+            cells = dict(zip(CRITEO_COLUMNS, line.rstrip("\n").split("\t")))
             rows.append([(float(cells[c]) if cells[c] else None) if kinds[c] == "continuous" else cells[c]
                          for c in kinds])
     port = _free_port()
@@ -157,12 +151,7 @@ def main() -> None:
 
     base = Path(a.dir or tempfile.mkdtemp(prefix="bench_predict_"))
     base.mkdir(parents=True, exist_ok=True)
-    gen = _bench_preprocess()
-    files = {}
-    for s, n, seed in (("train", a.rows, 1), ("valid", a.rows // 10, 2), ("test", a.rows // 10, 3)):
-        files[s] = base / f"{s}.tsv"
-        if not files[s].exists():
-            gen.write_criteo_like(files[s], n, seed + a.rows)
+    files = write_criteo_splits(base, {"train": a.rows, "valid": a.rows // 10, "test": a.rows // 10}, a.rows)
     res: dict[str, dict] = {}
 
     def keep(key: str, rows: int, seconds: float) -> None:

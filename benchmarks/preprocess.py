@@ -22,50 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
-# this file is named like the ``preprocess`` package: keep its folder off the import path
+# the shared helpers (``_common``) come from this folder, which then leaves the import path again:
+# benchmarks/preprocess.py would shadow the ``preprocess`` package (see ``_common``'s docstring)
 _HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(_HERE))
+from _common import CRITEO_COLUMNS, run_sampled, split_8_1_1, write_criteo_splits  # noqa: E402
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-CARDS = [1460, 583, 10_131_227, 2_202_608, 305, 24, 12_517, 633, 3, 93_145, 5_683, 8_351_593, 3_194, 27,
-         14_992, 5_461_306, 10, 5_652, 2_173, 4, 7_046_547, 18, 15, 286_181, 105, 142_572]
-MISSING = [0.0, 0.0, 0.03, 0.03, 0.0, 0.12, 0.0, 0.0, 0.0, 0.0, 0.0, 0.03, 0.0, 0.0, 0.0, 0.03, 0.0, 0.0,
-           0.44, 0.44, 0.03, 0.76, 0.0, 0.03, 0.44, 0.44]
-INT_MAX = [300, 20000, 60000, 400, 2_000_000, 200_000, 5000, 5000, 10000, 10, 200, 1000, 5000]
-INT_MISSING = [0.45, 0.0, 0.21, 0.22, 0.03, 0.22, 0.04, 0.0, 0.04, 0.45, 0.04, 0.77, 0.22]
-
-
-def write_criteo_like(path: Path, n: int, seed: int, chunk: int = 250_000) -> None:
-    """``n`` rows of Criteo's layout (no header, tab-separated), written in chunks (memory stays flat)."""
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-
-    rng = np.random.default_rng(seed)
-    names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
-    with open(path, "wb") as fh:
-        for start in range(0, n, chunk):
-            m = min(chunk, n - start)
-            cols = [pa.array((rng.random(m) < 0.25).astype(np.int8))]
-            for j in range(13):
-                v = np.floor(np.exp(rng.random(m) * math.log(INT_MAX[j] + 2))).astype(np.int64) - 2
-                cols.append(pa.array(v, mask=rng.random(m) < INT_MISSING[j]))
-            for j, (k, miss) in enumerate(zip(CARDS, MISSING)):
-                rank = np.floor(np.exp(rng.random(m) * math.log(k))).astype(np.uint64)
-                h = (rank * np.uint64(2654435761) + np.uint64(j * 97 + 13)) & np.uint64(0xFFFFFFFF)
-                cols.append(pa.array(h, mask=rng.random(m) < miss))
-            t = pa.table(cols, names=names)
-            pcsv.write_csv(t, fh, write_options=pcsv.WriteOptions(include_header=False, delimiter="\t",
-                                                                   quoting_style="none"))
 
 
 # ---- the single-process pandas implementation of the same steps ------------------------------------
@@ -74,8 +43,7 @@ def pandas_impl(files: dict[str, str], out: str, oov_t: int = 20, cross_t: int =
     they stay continuous, scaled by the train min / max (missing → 0), and only C1..C26 get vocabularies."""
     import pandas as pd
 
-    names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
-    dfs = {s: pd.read_csv(p, sep="\t", header=None, names=names, dtype=str, keep_default_na=False)
+    dfs = {s: pd.read_csv(p, sep="\t", header=None, names=CRITEO_COLUMNS, dtype=str, keep_default_na=False)
            for s, p in files.items()}
     scaled: dict[str, dict[str, np.ndarray]] = {s: {} for s in dfs}
     if mode == "minmax":
@@ -95,7 +63,7 @@ def pandas_impl(files: dict[str, str], out: str, oov_t: int = 20, cross_t: int =
             tok = pd.Series(b.astype(np.int64)).astype(str)
             tok[np.isnan(x)] = ""
             df[f"I{i}"] = tok.to_numpy()
-    fields = [c for c in names[1:] if c in dfs["train"].columns]
+    fields = [c for c in CRITEO_COLUMNS[1:] if c in dfs["train"].columns]
     enc = {s: {"label": df["label"].astype(np.float32).to_numpy(), **scaled[s]} for s, df in dfs.items()}
     sizes = {}
     for f in fields:
@@ -141,46 +109,11 @@ def run_child(args: list[str]) -> tuple[dict, float, dict[str, float], float]:
     — ``{"rss": summed RSS, "pss": summed PSS}``, each the peak over the samples of the sum over every process
     of the tree (scheduler, nanny and worker processes included) —, CPU seconds of its process tree — last
     sample of every process seen; robust to other load on the machine)."""
-    import psutil
-
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
-    peak = {"rss": 0, "pss": 0}
-    cpu: dict[int, float] = {}
-    stop = threading.Event()
-
-    def sample() -> None:
-        try:
-            root = psutil.Process(proc.pid)
-        except psutil.NoSuchProcess:
-            return
-        while not stop.is_set():
-            rss = pss = 0
-            try:
-                for p in [root, *root.children(recursive=True)]:
-                    try:
-                        mi = p.memory_full_info()  # PSS from /proc/PID/smaps_rollup: shared pages counted once
-                        rss += mi.rss
-                        pss += mi.pss
-                        ct = p.cpu_times()
-                        cpu[p.pid] = ct.user + ct.system
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
-                        pass
-            except psutil.NoSuchProcess:
-                break
-            peak["rss"] = max(peak["rss"], rss)
-            peak["pss"] = max(peak["pss"], pss)
-            time.sleep(0.05)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    stdout, _ = proc.communicate()
-    stop.set()
-    th.join()
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"child {args} failed with exit code {proc.returncode}")
-    return json.loads(stdout.strip().splitlines()[-1]), wall, {k: v / 2**20 for k, v in peak.items()}, sum(cpu.values())
+    r = run_sampled([sys.executable, __file__, *args], 0.05)
+    if r.returncode != 0:
+        raise SystemExit(f"child {args} failed with exit code {r.returncode}")
+    peak = {"rss": r.peak_rss / 2**20, "pss": r.peak_pss / 2**20}
+    return json.loads(r.stdout.strip().splitlines()[-1]), r.wall_s, peak, r.cpu_s
 
 
 def criteo_copies(src: Path, dest: Path, copies: int) -> dict[str, str]:
@@ -253,12 +186,7 @@ def main() -> None:
         for n in a.rows:
             d = base / f"n{n}"
             d.mkdir(exist_ok=True)
-            files = {}
-            for s, frac, seed in (("train", 0.8, 1), ("valid", 0.1, 2), ("test", 0.1, 3)):
-                p = d / f"{s}.tsv"
-                if not p.exists():
-                    write_criteo_like(p, int(n * frac), seed + n)
-                files[s] = str(p)
+            files = {s: str(p) for s, p in write_criteo_splits(d, split_8_1_1(n), n).items()}
             inputs.append((n, d, files))
     for n, d, files in inputs:
         mb = sum(os.path.getsize(p) for p in files.values()) / 2**20

@@ -2,7 +2,7 @@
 
     python benchmarks/rehearsal.py --rows 2000000 8000000 [--dir SCRATCH] [--workers 2] [--keep]
 
-For each N it writes N rows of Criteo's layout (``benchmarks/preprocess.py:write_criteo_like``: 13 integer
+For each N it writes N rows of Criteo's layout (``benchmarks/_common.py:write_criteo_like``: 13 integer
 columns with Criteo's missing rates, 26 hashed categoricals drawn log-uniformly — a Zipf tail with
 exponent 1 — over the real Criteo cardinalities, C3 10.1M, C12 8.4M, C21 7.0M, C16 5.5M, …) as pre-split
 8:1:1 TSV files, then runs ``optinter preprocess --dataset criteo`` (the defaults: 13 bucketized integer
@@ -26,25 +26,17 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+# the shared helpers (``_common``) come from this folder, which then leaves the import path again:
+# benchmarks/preprocess.py would shadow the ``preprocess`` package (see ``_common``'s docstring)
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # benchmarks/preprocess.py shadows it
-
-
-def _bench_preprocess():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_preprocess", _HERE / "preprocess.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+sys.path.insert(0, str(_HERE))
+from _common import run_sampled, split_8_1_1, write_criteo_splits  # noqa: E402
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 
 def _tree_size(path: Path) -> int:
@@ -60,52 +52,24 @@ def _tree_size(path: Path) -> int:
 
 def run_one(cmd: list[str], fs: Path, env: dict[str, str]) -> dict:
     """Run ``cmd``; sample the process tree's PSS / RSS / CPU and the file system's free space."""
-    import psutil
-
-    t0 = time.perf_counter()
     free0 = shutil.disk_usage(fs).free
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    samples: list[tuple[float, int, int]] = []
-    cpu: dict[int, float] = {}
     min_free = [free0]
-    stop = threading.Event()
 
-    def sample() -> None:
-        root = psutil.Process(proc.pid)
-        while not stop.is_set():
-            pss = rss = 0
-            try:
-                for p in [root, *root.children(recursive=True)]:
-                    try:
-                        mi = p.memory_full_info()
-                        pss, rss = pss + mi.pss, rss + mi.rss
-                        ct = p.cpu_times()
-                        cpu[p.pid] = ct.user + ct.system
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
-                        pass
-            except psutil.NoSuchProcess:
-                break
-            samples.append((time.perf_counter() - t0, pss, rss))
-            min_free[0] = min(min_free[0], shutil.disk_usage(fs).free)
-            time.sleep(0.2)
+    def disk() -> None:
+        min_free[0] = min(min_free[0], shutil.disk_usage(fs).free)
 
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    out, err = proc.communicate()
-    stop.set()
-    th.join()
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
+    r = run_sampled(cmd, 0.2, env=env, capture_stderr=True, on_sample=disk)
+    samples, wall = r.samples, r.wall_s
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}):\n{(r.stderr or '')[-3000:]}")
     timeline = []
     for k in range(1, 11):
         window = [s for s in samples if (k - 1) * wall / 10 <= s[0] < k * wall / 10]
         timeline.append(round(max((s[1] for s in window), default=0) / 2**20))
-    return {"wall_s": round(wall, 1), "cpu_s": round(sum(cpu.values()), 1),
-            "peak_pss_mib": round(max((s[1] for s in samples), default=0) / 2**20),
-            "peak_rss_mib": round(max((s[2] for s in samples), default=0) / 2**20),
+    return {"wall_s": round(wall, 1), "cpu_s": round(r.cpu_s, 1),
+            "peak_pss_mib": round(r.peak_pss / 2**20), "peak_rss_mib": round(r.peak_rss / 2**20),
             "pss_timeline_mib": timeline, "scratch_peak_gib": round((free0 - min_free[0]) / 2**30, 2),
-            "stdout": out}
+            "stdout": r.stdout}
 
 
 def main() -> None:
@@ -118,7 +82,6 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the generated input and the output")
     ap.add_argument("--log", default=None, help="append the JSON lines to this file too")
     a = ap.parse_args()
-    bp = _bench_preprocess()
     base = Path(a.dir or tempfile.mkdtemp(prefix="rehearsal_"))
     base.mkdir(parents=True, exist_ok=True)
     repo = _HERE.parent
@@ -127,12 +90,7 @@ def main() -> None:
         d = base / f"n{n}"
         d.mkdir(exist_ok=True)
         t0 = time.perf_counter()
-        files = {}
-        for s, frac, seed in (("train", 0.8, 1), ("valid", 0.1, 2), ("test", 0.1, 3)):
-            p = d / f"{s}.tsv"
-            if not p.exists():
-                bp.write_criteo_like(p, int(n * frac), a.seed * 1000 + seed)
-            files[s] = p
+        files = write_criteo_splits(d, split_8_1_1(n), a.seed * 1000)
         gen_s = time.perf_counter() - t0
         out = d / "out"
         shutil.rmtree(out, ignore_errors=True)

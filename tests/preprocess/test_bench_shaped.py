@@ -1,4 +1,4 @@
-"""A small run on benchmark-shaped data (benchmarks/preprocess.py's generator: 26 Zipf categoricals over
+"""A small run on benchmark-shaped data (benchmarks/_common.py's generator: 26 Zipf categoricals over
 Criteo cardinalities; crosses of 8 of them, with key spaces both below and far above the rows),
 checked against the pandas re-computation, and byte-identical when the cross reduce is cut into many
 key ranges and the input into other partitions."""
@@ -6,6 +6,7 @@ key ranges and the input into other partitions."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +19,16 @@ from preprocess.cross_vocab import DENSE_LOOKUP_FACTOR
 from preprocess.feature_map import FeatureMap
 from preprocess.pipeline import PreprocessConfig, run_preprocess
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "preprocess.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "_common.py"
 THRESHOLD = 3
 CROSS = ["C1", "C3", "C4", "C6", "C9", "C12", "C16", "C20"]
 
 
 @pytest.fixture(scope="module")
 def bench_files(tmp_path_factory) -> dict[str, str]:
-    spec = importlib.util.spec_from_file_location("bench_preprocess", BENCH)
+    spec = importlib.util.spec_from_file_location("bench_common", BENCH)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # before it runs: its dataclass looks its module up there
     spec.loader.exec_module(mod)
     d = tmp_path_factory.mktemp("bench_shaped")
     files = {}
