@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from optinter.cluster import add_jobs_arguments
+
 #: Where ``optinter run`` keeps its ephemeral Prefect database (unless PREFECT_HOME is set).
 RUN_PREFECT_HOME = ".optinter/prefect"
 #: ``optinter serve`` is a client of a server: its own PREFECT_HOME (profiles, local storage).
@@ -100,6 +102,7 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--register", action="append", default=[], metavar="[MODEL=]NAME",
                    help="register a trained model in the MLflow Model Registry: NAME (the re-trained OptInter) "
                         "or MODEL=NAME, e.g. deepfm=ctr-deepfm (repeatable)")
+    add_jobs_arguments(p)
 
 
 def flow_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,7 +118,9 @@ def flow_params(args: argparse.Namespace) -> dict[str, Any]:
         force=[f for group in args.force for f in group] or None, from_run=args.from_run, stages=args.stages,
         experiment=args.experiment, quickstart=args.quickstart, compare=dict(args.compare) or None,
         config_file=args.config, tune_mode=args.tune_mode, tune=dict(args.tune) or None,
-        score=dict(args.score) or None, register_as=args.register or None)
+        score=dict(args.score) or None, register_as=args.register or None,
+        jobs={k: v for k, v in (("workers", args.workers), ("threads", args.threads),
+                                ("scheduler", args.scheduler)) if v is not None} or None)
 
 
 class Terminated(KeyboardInterrupt):

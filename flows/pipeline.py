@@ -7,9 +7,13 @@
 
 Prefect's own result cache is off (``NO_CACHE``): stages are reused through content-keyed folders
 under the artifact root (``flows.cache``), which works across processes and machines and still
-gives every reused stage an MLflow run (tagged ``optinter.cached=true``). Tasks run one after the
-other on Prefect's default task runner; the preprocessing task runs its Dask jobs on its own
-``distributed`` client (a LocalCluster, or ``DASK_SCHEDULER_ADDRESS``). Importing this module
+gives every reused stage an MLflow run (tagged ``optinter.cached=true``). Tasks run on Prefect's
+default (thread) task runner, one after the other, except the baselines: with a Dask cluster for
+training jobs (``jobs``: ``optinter.cluster.JobPool``, a LocalCluster by default where the cores
+fit two jobs, or ``DASK_SCHEDULER_ADDRESS``) they are submitted together and each task's training
+runs on a worker; compare jobs and parallel tuning trials use the same cluster. The preprocessing
+task runs its Dask jobs on its own ``distributed`` client (a LocalCluster, or
+``DASK_SCHEDULER_ADDRESS``). Importing this module
 changes no settings: the programs that run it set Prefect's environment where they start
 (``flows.logs``), and the flow routes the library loggers to its run logs when it starts.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.futures import wait
 from prefect.cache_policies import NO_CACHE
 
 from . import steps
@@ -120,6 +125,7 @@ def optinter_flow(
     tune: dict[str, Any] | None = None,
     score: dict[str, Any] | None = None,
     register_as: list[str] | None = None,
+    jobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline (or the ``stages`` asked for and what they need); returns ``steps.summarize``.
 
@@ -152,6 +158,10 @@ def optinter_flow(
             of ``optinter.scoring.score_files`` (``on_bad_rows``, ``id_columns``, ...).
         register_as: register trained models in the MLflow Model Registry: ``NAME`` (the re-trained
             OptInter) or ``MODEL=NAME`` items.
+        jobs: where independent training jobs run (baselines, compare jobs, parallel tuning trials):
+            ``workers`` (0 = auto: a LocalCluster when two or more jobs fit the cores; 1 = one after the
+            other in the flow's process), ``threads`` per job, ``scheduler`` (a Dask scheduler address;
+            default ``DASK_SCHEDULER_ADDRESS``). Results and stage keys do not depend on it.
     """
     library_logs_to_run()
     logger = get_run_logger()
@@ -160,7 +170,7 @@ def optinter_flow(
                   overrides=overrides, baselines=baselines, seed=seed, artifact_root=artifact_root, force=force,
                   from_run=from_run, stages=stages, experiment=experiment, quickstart=quickstart,
                   compare=compare, config_file=config_file, tune_mode=tune_mode, tune=tune, score=score,
-                  register_as=register_as)
+                  register_as=register_as, jobs=jobs)
     try:
         spec = validate(params)
     except Exception as e:
@@ -195,8 +205,13 @@ def optinter_flow(
             records[r.name] = r
             trained.append(r)
         if spec.wants("baselines"):
-            for m in spec.baselines:
-                r = train_task(ctx, data, m)
+            if ctx.jobs.distributed and len(spec.baselines) > 1:  # at once: each task's training on a worker
+                futures = [train_task.submit(ctx, data, m) for m in spec.baselines]
+                wait(futures)
+                baselines = [f.result() for f in futures]  # the first failure is raised once all have ended
+            else:
+                baselines = [train_task(ctx, data, m) for m in spec.baselines]
+            for r in baselines:
                 records[r.name] = r
                 trained.append(r)
         evaluate = None

@@ -104,6 +104,9 @@ class PipelineSpec:
     #: ``score`` stage settings (model, raw files, score_files options); ``register_as``: model → registry name
     score: dict[str, Any] | None = None
     register_as: dict[str, str] = field(default_factory=dict)
+    #: where independent training jobs (baselines, compare jobs, parallel tuning trials) run:
+    #: ``optinter.cluster.JobsConfig`` settings (workers, threads, scheduler); not part of any stage key
+    jobs: dict[str, Any] = field(default_factory=dict)
     needed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,6 +143,12 @@ class PipelineSpec:
                 cfg = apply_overrides(cfg, load_config_file(f))
         cfg = apply_overrides(cfg, scoped_overrides(self.inherited_overrides, scope, model))  # from_run's
         return apply_overrides(cfg, scoped_overrides(self.overrides, scope, model))
+
+    def jobs_config(self) -> Any:
+        """The ``JobsConfig`` of the ``jobs`` parameter (unset keys from the environment)."""
+        from optinter.cluster import JobsConfig
+
+        return JobsConfig.from_env(**self.jobs)
 
     def tune_config(self) -> Any:
         """The ``TuneConfig`` of the ``tune`` stage (the re-train of OptInter; the keys the user
@@ -274,6 +283,7 @@ def resolve_spec(
     tune: Mapping[str, Any] | None = None,
     score: Mapping[str, Any] | None = None,
     register_as: str | Sequence[str] | Mapping[str, str] | None = None,
+    jobs: Mapping[str, Any] | None = None,
 ) -> PipelineSpec:
     """Check every parameter and return the :class:`PipelineSpec`; raises :class:`SpecError`.
 
@@ -402,6 +412,7 @@ def resolve_spec(
         tracking_uri=tracking_uri or default_tracking_uri(), compare=dict(compare) if compare else None,
         config_file=config_file or None, tune_mode=tune_mode, tune=dict(tune or {}),
         score=check_score(score, "score" in targets), register_as=parse_register(register_as, baselines),
+        jobs=check_jobs(jobs),
     )
     if tune_mode not in TUNE_MODES:
         raise SpecError(f"parameter 'tune_mode': expected one of {', '.join(TUNE_MODES)}, got {tune_mode!r}")
@@ -453,6 +464,27 @@ def resolve_spec(
     if ("search" in spec.needed or "retrain" in spec.needed) and SEARCH_MODEL not in known:
         raise SpecError(f"model {SEARCH_MODEL!r} is not registered (known: {', '.join(known)})")
     return spec
+
+
+def check_jobs(jobs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``jobs`` parameter checked: ``optinter.cluster.JobsConfig`` keys (workers, threads, scheduler)."""
+    import dataclasses as _dc
+
+    from optinter.cluster import JobsConfig
+
+    kw = {k: v for k, v in dict(jobs or {}).items() if v is not None}
+    allowed = sorted(f.name for f in _dc.fields(JobsConfig))
+    unknown = sorted(set(kw) - set(allowed))
+    if unknown:
+        raise SpecError(f"parameter 'jobs': unknown keys {unknown}; allowed: {allowed}")
+    try:
+        for k in ("workers", "threads"):
+            if k in kw:
+                kw[k] = int(kw[k])
+        JobsConfig.from_env(**kw)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"parameter 'jobs': {e}") from None
+    return kw
 
 
 #: ``score`` keys besides the ``optinter.scoring.score_files`` options.

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from optinter import tracking as tr
+from optinter.cluster import JobPool
 from optinter.tracking import MlflowTracker, Tracker
 
 from .cache import (MARKER, ArtifactStore, StageRecord, code_fingerprint, dir_fingerprint, file_fingerprint,
@@ -61,6 +62,8 @@ class Context:
     stage_runs: dict[str, str] = field(default_factory=dict)  # step name → MLflow run id (this pipeline run)
     #: keys of the stage folders this pipeline run computed (their dependents recompute too)
     fresh: set[str] = field(default_factory=set)
+    #: where independent training jobs run (``spec.jobs``; a LocalCluster starts on the first job that needs it)
+    jobs: JobPool = field(default_factory=JobPool)
 
     def tracker(self, run_id: str) -> MlflowTracker:
         return MlflowTracker(run_id, tracking_uri=self.tracking_uri)
@@ -93,7 +96,7 @@ def open_context(spec: PipelineSpec, run_name: str | None = None, extra_tags: Ma
     tags.update(extra_tags or {})
     parent = tr.start_run(exp_id, run_name or pipeline_run_name(spec), tags, tracking_uri=spec.tracking_uri)
     tr.mark_stale_runs(exp_id, spec.tracking_uri, found_by=parent)
-    ctx = Context(spec, store, spec.tracking_uri, exp_id, parent, reused)
+    ctx = Context(spec, store, spec.tracking_uri, exp_id, parent, reused, jobs=JobPool(spec.jobs_config()))
     # machine paths (artifact root, raw files, a from_run folder) are tags above, not params
     ctx.tracker(parent).log_params({
         "dataset": Path(spec.dataset).name, "seed": spec.seed, "oov_threshold": spec.oov_threshold,
@@ -118,7 +121,7 @@ TAG_ARTIFACT_ROOT = "optinter.artifact_root"
 def spec_key(spec: PipelineSpec) -> str:
     """A hash of what a pipeline run computes (data, settings, stages): equal for reruns of the same."""
     d = spec.to_dict()
-    for k in ("artifact_root", "force", "experiment", "tracking_uri", "needed"):
+    for k in ("artifact_root", "force", "experiment", "tracking_uri", "needed", "jobs"):
         d.pop(k, None)
     return stable_hash(d)
 
@@ -181,7 +184,8 @@ def _end_with_error(t: MlflowTracker, run_id: str, error: BaseException, trackin
 
 def close_context(ctx: Context, error: BaseException | None = None, summary: Mapping[str, Any] | None = None) -> None:
     """Finish the parent run: final metrics of the results table; ``FAILED`` (or ``KILLED`` when
-    interrupted) with the error if any."""
+    interrupted) with the error if any; stops the training jobs' LocalCluster if one was started."""
+    ctx.jobs.close()
     t = ctx.tracker(ctx.parent_run_id)
     if summary:
         t.set_tags({k: v for k, v in summary.get("tags", {}).items()})
@@ -590,7 +594,6 @@ def step_tune(ctx: Context, data: StageRecord, search: StageRecord) -> StageReco
     """Tune the re-train's settings on the validation split (``optinter.tune.run_tune``) →
     ``tuned.yaml``; None when ``tune_mode`` (or its ``auto`` rule) says no."""
     import dataclasses
-    import os
 
     wanted, why = tune_wanted(ctx, data)
     if not wanted:
@@ -603,8 +606,9 @@ def step_tune(ctx: Context, data: StageRecord, search: StageRecord) -> StageReco
     def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
         from optinter.tune import run_tune
 
+        # parallel trials share the run's cluster when it has one (else run_tune starts its own)
         return run_tune(data.path, out, tc, cfg, arch_path=search.path / ARCH_FILE, tracker=t,
-                        scheduler=os.environ.get("DASK_SCHEDULER_ADDRESS") if tc.parallel > 1 else None)
+                        pool=ctx.jobs if tc.parallel > 1 and ctx.jobs.distributed else None)
 
     return execute(ctx, "tune", {"upstream": {"preprocess": data.key, "search": search.key},
                                  "config": cfg.to_dict(), "tune": settings}, compute, name=f"tune:{SEARCH_MODEL}",
@@ -645,7 +649,7 @@ def step_train(ctx: Context, data: StageRecord, model: str) -> StageRecord:
     def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
         from optinter.stages import run_train
 
-        return run_train(data.path, model, out, cfg, tracker=t)
+        return ctx.jobs.call(run_train, data.path, model, out, cfg, tracker=t, name=f"train-{model}")
 
     return execute(ctx, "train", {"upstream": {"preprocess": data.key}, "model": model, "config": cfg.to_dict()},
                    compute, name=f"train:{model}", model=model, params=_model_params(cfg, model),
@@ -724,7 +728,7 @@ def step_compare(ctx: Context, data: StageRecord) -> StageRecord:
     def compute(out: Path, t: Tracker) -> Mapping[str, Any]:
         from optinter.experiments import run_compare
 
-        return run_compare(data.path, out, cc, tracker=t)
+        return run_compare(data.path, out, cc, tracker=t, pool=ctx.jobs)
 
     return execute(ctx, "compare", {"upstream": {"preprocess": data.key}, "config": settings}, compute,
                    params={f"compare.{k}": v for k, v in settings.items()}, tags={tr.TAG_DATA_HASH: data.key},

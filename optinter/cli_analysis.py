@@ -2,7 +2,7 @@
 
     optinter analyze --data DIR --out DIR [--arch architecture.json] [--truth truth.json] [--metrics m.json ...]
     optinter compare --data DIR --out DIR [--models lr,fm,...] [--seeds N] [--tables V,VI,...]
-                     [--set key=value ...] [--cache DIR]
+                     [--set key=value ...] [--cache DIR] [--workers N] [--threads T] [--scheduler ADDR]
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import argparse
 import json
 import math
 from typing import Any
+
+from .cluster import add_jobs_arguments, jobs_config
 
 
 def _flat(items: list[str] | None) -> list[str]:
@@ -57,6 +59,7 @@ def register(subparsers: Any) -> None:
     c.add_argument("--cross-dims", nargs="+", default=None, help="Fig. 4 memorized embedding sizes (default 2 5 10)")
     c.add_argument("--cache", default=None, help="job cache folder (default: <out>_cache beside --out)")
     c.add_argument("--keep-models", action="store_true", help="keep model weights in the cache")
+    add_jobs_arguments(c)
     c.set_defaults(func=_compare)
 
 
@@ -84,6 +87,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from .cluster import JobPool
     from .experiments import ALL_TABLES, CompareConfig, run_compare
 
     kw: dict[str, Any] = {"seeds": args.seeds, "overrides": tuple(args.overrides), "paper": args.paper,
@@ -99,6 +103,7 @@ def _compare(args: argparse.Namespace) -> int:
             kw["fig4_cross_dims"] = tuple(int(x) for x in _flat(args.cross_dims))
         except ValueError:
             raise ValueError(f"--cross-dims: expected integers, got {args.cross_dims}") from None
-    res = run_compare(args.data, args.out, CompareConfig(**kw))
+    with JobPool(jobs_config(args)) as pool:
+        res = run_compare(args.data, args.out, CompareConfig(**kw), pool=pool)
     _print_summary({k: v for k, v in res.items() if k != "files"})
     return 0

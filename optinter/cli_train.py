@@ -167,6 +167,7 @@ def register(sub: Any) -> None:
                         "optinter.tune.DEFAULT_SPACES)")
     p.add_argument("--max-epochs", type=int, default=0, help="epochs per trial (0 = the model's train.epochs)")
     p.add_argument("--seed", type=int, default=2026, help="sampler seed")
-    p.add_argument("--parallel", type=int, default=1, help="trials at once on the Dask cluster (--scheduler)")
-    p.add_argument("--scheduler", help="Dask scheduler address (default: $DASK_SCHEDULER_ADDRESS)")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="trials at once on a Dask cluster: a LocalCluster of that many workers, or --scheduler")
+    p.add_argument("--scheduler", help="Dask scheduler address (default: $DASK_SCHEDULER_ADDRESS, else a LocalCluster)")
     p.set_defaults(func=_tune)

@@ -7,8 +7,10 @@ variant), runs them, round by round, and writes what the tables build:
 1. every chosen table lists the requests (:class:`~optinter.tables.Request`) it needs given the
    runs so far; the new ones (deduplicated by cache key) form one round of *independent* jobs;
 2. the round goes through :data:`RunJobs` — ``run_jobs(jobs, run_one)`` returns ``run_one(job)``
-   for every job, in input order: :func:`run_in_order` by default, the one seam where a cluster
-   (e.g. Dask's ``client.map`` / ``gather``) can run them concurrently;
+   for every job, in input order: a :class:`~optinter.cluster.JobPool`'s, which runs them one after
+   the other here, or concurrently on a Dask cluster (a LocalCluster by default where the cores fit
+   two jobs, or ``$DASK_SCHEDULER_ADDRESS``), each job's training on a worker with its thread budget
+   while the cache and MLflow bookkeeping stays in this process;
 3. ``run_one`` (:meth:`JobRunner.run_one`) reuses or computes the job's folder in the one stage
    cache (:class:`optinter.store.ArtifactStore`), training it with the trainer (default
    :func:`stages_trainer`: ``optinter.stages``) under a child run of the tracker
@@ -39,6 +41,7 @@ import pandas as pd
 from preprocess.atomic import atomic_output_dir, read_json
 from preprocess.feature_map import FeatureMap, fingerprint
 
+from .cluster import JobPool, JobsConfig
 from .config import RunConfig, default_config, merged_config, paper_config
 from .report import REPORT_FILE, write_report
 from .stats import fmt_params
@@ -195,8 +198,9 @@ class JobRunner:
     through the stage cache; remembers every job for ``runs.csv``."""
 
     def __init__(self, data_dir: Path, fm: FeatureMap, cc: CompareConfig, cache_dir: str | Path,
-                 train_fn: TrainFn, tracker: Tracker) -> None:
+                 train_fn: TrainFn, tracker: Tracker, pool: JobPool | None = None) -> None:
         self.data_dir, self.fm, self.cc, self.train_fn, self.tracker = data_dir, fm, cc, train_fn, tracker
+        self.pool = pool  # where train_fn runs (None: here)
         self.data_hash = fm.content_hash or fingerprint([str(data_dir.resolve())])
         self.store, self.stage = cache_store(cache_dir)
         self.rows: list[dict[str, Any]] = []
@@ -244,7 +248,7 @@ class JobRunner:
                               "variant": pj.job.variant, "seed": pj.cfg.train.seed, "arch_seed": pj.job.arch_seed,
                               "extra": " ".join(pj.job.extra), "key": pj.key, "cached": out.cached,
                               "test_auc": m.get("test_auc"), "test_logloss": m.get("test_logloss"),
-                              "params": m.get("params"), "seconds": m.get("seconds"),
+                              "params": m.get("params"), "seconds": m.get("seconds"), "job_seconds": m.get("job_seconds"),
                               "run_id": m.get("compare_run_id")})
 
     def metrics(self, key: str) -> dict[str, Any]:
@@ -280,9 +284,12 @@ class JobRunner:
         (job_dir / "job.json").write_text(json.dumps({"job": dataclasses.asdict(pj.job), "config": pj.cfg.to_dict(),
                                                       "data_hash": self.data_hash}, indent=2, default=str))
         t0 = time.time()
-        metrics = dict(self.train_fn(pj.job, self.data_dir, job_dir, pj.cfg, tracker))
+        args = (pj.job, self.data_dir, job_dir, pj.cfg, tracker)
+        metrics = dict(self.pool.call(self.train_fn, *args, name=pj.job.label) if self.pool is not None
+                       else self.train_fn(*args))
         metrics.setdefault("model", pj.job.model)
         metrics.setdefault("seconds", time.time() - t0)
+        metrics["job_seconds"] = time.time() - t0  # the whole job (a search → re-train's "seconds" is its re-train)
         if tracker.run_id:
             metrics["compare_run_id"] = tracker.run_id
         if not self.cc.keep_models:
@@ -311,17 +318,24 @@ def run_tables(tables: Sequence[Table], ctx: TableContext, runner: JobRunner,
 # ---- the stage ------------------------------------------------------------------------------------------------
 def run_compare(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], cc: CompareConfig | None = None,
                 tracker: Tracker | None = None, *, train_fn: TrainFn | None = None,
-                param_count_fn: ParamCountFn | None = None, run_jobs: RunJobs | None = None) -> dict[str, Any]:
+                param_count_fn: ParamCountFn | None = None, run_jobs: RunJobs | None = None,
+                pool: JobPool | None = None) -> dict[str, Any]:
     """The ``compare`` stage: train what the chosen tables need (cached) and write the tables.
 
     Writes into ``out_dir`` (atomically): ``table_<name>.csv`` / ``.md`` for each table,
     ``fig4.csv`` / ``fig4.png``, ``runs.csv`` (every job: key, cached?, metrics), ``tables.md``
     (all tables) and ``report.html``. ``train_fn`` defaults to :func:`stages_trainer`; each newly
     trained job logs to ``tracker.child(...)`` (a nested MLflow run under an ``MlflowTracker``).
-    ``run_jobs`` (default :func:`run_in_order`) runs each round of independent jobs. The job
-    cache is ``cc.cache_dir``, else ``$OPTINTER_COMPARE_CACHE``, else ``compare_cache`` beside
-    ``out_dir``. Returns paths and headline numbers.
+    Each round of independent jobs runs on ``pool`` (default: a :class:`~optinter.cluster.JobPool` of
+    :meth:`JobsConfig.from_env() <optinter.cluster.JobsConfig.from_env>`, closed at the end), or through
+    ``run_jobs`` when given (then ``train_fn`` runs here). The job cache is ``cc.cache_dir``, else
+    ``$OPTINTER_COMPARE_CACHE``, else ``compare_cache`` beside ``out_dir``. Returns paths and headline
+    numbers.
     """
+    if pool is None and run_jobs is None:
+        with JobPool(JobsConfig.from_env()) as own:
+            return run_compare(data_dir, out_dir, cc, tracker, train_fn=train_fn, param_count_fn=param_count_fn,
+                               pool=own)
     t0 = time.time()
     cc = cc or CompareConfig()
     cc.validate()
@@ -329,7 +343,7 @@ def run_compare(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     fm = FeatureMap.load(data_dir)
     tr = as_tracker(tracker)
     cache_dir = cc.cache_dir or os.environ.get(CACHE_ENV) or str(out_dir.parent / "compare_cache")
-    runner = JobRunner(data_dir, fm, cc, cache_dir, train_fn or stages_trainer, tr)
+    runner = JobRunner(data_dir, fm, cc, cache_dir, train_fn or stages_trainer, tr, pool)
     models = order_models(cc.models) if cc.models else default_models()
     if not models:
         raise ValueError("compare: no models to train (none registered and none given with --models)")
@@ -343,7 +357,9 @@ def run_compare(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
              ",".join(cc.tables), ",".join(models), n, na, cache_dir)
 
     tables = [t for name, t in TABLES.items() if name in cc.tables]
-    runs = run_tables(tables, ctx, runner, run_jobs or run_in_order)
+    if pool is not None and pool.distributed:
+        log.info("compare: jobs run on the Dask cluster, %d at once", pool.slots)
+    runs = run_tables(tables, ctx, runner, run_jobs or (pool.run_jobs if pool is not None else run_in_order))
     outputs = {t.name: t.build(ctx, runs) for t in tables}
     summary: dict[str, Any] = {}
     for out in outputs.values():

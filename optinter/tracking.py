@@ -149,6 +149,13 @@ class MlflowTracker:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # travels (e.g. to a Dask worker running the job) as the run it logs to; the client is rebuilt there
+        return {"run_id": self.run_id, "tracking_uri": self.tracking_uri}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["run_id"], state["tracking_uri"])  # type: ignore[misc]
+
     def child(self, name: str, tags: Mapping[str, Any] | None = None) -> "MlflowTracker":
         """A new run nested under this one, in the same experiment."""
         exp = self.client.get_run(self.run_id).info.experiment_id

@@ -15,11 +15,14 @@ Search spaces are lists of ``KEY=KIND:ARGS`` strings (:class:`ParamSpec`)::
     model.embed_dim=int:4:16        # integer (inclusive)
     model.mlp_dims=choice:64|128,128 # one of the listed values
 
-:data:`DEFAULT_SPACES` gives one per model family, centred on the defaults. Parallel trials: with
-a Dask ``scheduler`` address, ``parallel`` workers each run trials of the same study, which lives
-in a journal file beside the output (so every worker must see that folder, as on a LocalCluster or
-a shared volume); without one, trials run one after the other in this process (deterministic for a
-seed).
+:data:`DEFAULT_SPACES` gives one per model family, centred on the defaults. Parallel trials:
+with ``parallel`` > 1, that many jobs (:class:`~optinter.cluster.JobPool`: a LocalCluster of
+``parallel`` workers, or the cluster at ``scheduler`` / ``$DASK_SCHEDULER_ADDRESS``) each run trials of
+the same study, which lives in a journal file beside the output (so every worker must see that
+folder, as on a LocalCluster or a shared volume); with ``parallel = 1``, trials run one after the
+other in this process (deterministic for a seed). A trial's result depends only on its settings
+(training is thread-count invariant), but which settings TPE proposes depends on which trials have
+finished when it asks: parallel studies are not identical to serial ones.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 
 from preprocess.atomic import atomic_output_dir
 
+from .cluster import JobPool, JobsConfig
 from .config import RunConfig, apply_overrides
 from .tracking import Tracker, as_tracker
 
@@ -116,7 +120,7 @@ class TuneConfig:
     seed: int = 2026  # sampler seed
     max_epochs: int = 0  # epochs per trial (0 = the model's train.epochs)
     startup_trials: int = 3  # trials before TPE and pruning start (random sampling)
-    parallel: int = 1  # trials at once on a Dask cluster (needs a scheduler)
+    parallel: int = 1  # trials at once on a Dask cluster (a LocalCluster unless a scheduler is given)
 
     def __post_init__(self) -> None:
         if isinstance(self.space, str):
@@ -278,10 +282,12 @@ def _run_dask_worker(data_dir: str, tc_dict: dict[str, Any], base_dict: dict[str
 
 def run_tune(data_dir: str | Path, out_dir: str | Path, tc: TuneConfig, base: RunConfig,
              arch_path: str | Path | None = None, tracker: Tracker | None = None,
-             scheduler: str | None = None) -> dict[str, Any]:
+             scheduler: str | None = None, pool: JobPool | None = None) -> dict[str, Any]:
     """Tune ``tc.model``'s settings over ``base`` (the defaults) on the validation split; writes
     ``tuned.yaml`` (the best trial's settings), ``trials.csv`` and ``tune.json`` into ``out_dir``
-    and returns the summary. Bad settings (budget, space, model) fail before any training."""
+    and returns the summary. Bad settings (budget, space, model) fail before any training.
+    ``tc.parallel`` > 1 runs trials on ``pool`` (default: a pool of ``parallel`` LocalCluster workers,
+    or the cluster at ``scheduler`` / ``$DASK_SCHEDULER_ADDRESS``)."""
     import optuna
     import pandas as pd
     import yaml
@@ -293,8 +299,6 @@ def run_tune(data_dir: str | Path, out_dir: str | Path, tc: TuneConfig, base: Ru
         raise ValueError(f"tune: unknown model {tc.model!r}; known models: {', '.join(available_models())}")
     if needs_architecture(tc.model) and arch_path is None:
         raise ValueError(f"tune: model {tc.model!r} needs an architecture (--arch architecture.json)")
-    if tc.parallel > 1 and not scheduler:
-        raise ValueError("tune: parallel > 1 needs a Dask scheduler (--scheduler or DASK_SCHEDULER_ADDRESS)")
     for spec in tc.param_specs():  # every sampled value must fit the config (checked once, cheaply)
         probe = spec.choices[0] if spec.kind == "choice" else spec.low if spec.kind != "int" else int(spec.low)
         apply_overrides(base, {spec.key: probe} if spec.kind != "choice" else [f"{spec.key}={probe}"])
@@ -307,7 +311,13 @@ def run_tune(data_dir: str | Path, out_dir: str | Path, tc: TuneConfig, base: Ru
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with atomic_output_dir(out_dir) as tmp:
         if tc.parallel > 1:
-            study = _tune_on_dask(str(data_dir), tc, base, arch_path, tr, scheduler, timeout, tmp)
+            own = pool is None
+            jobs = pool or JobPool(JobsConfig.from_env(workers=tc.parallel, scheduler=scheduler))
+            try:
+                study = _tune_on_dask(str(data_dir), tc, base, arch_path, tr, jobs, timeout, tmp)
+            finally:
+                if own:
+                    jobs.close()
         else:
             study = _study(tc)
             _enqueue_defaults(study, tc, base)
@@ -371,9 +381,8 @@ def _enqueue_defaults(study: Any, tc: TuneConfig, base: RunConfig) -> None:
 
 
 def _tune_on_dask(data_dir: str, tc: TuneConfig, base: RunConfig, arch_path: str | Path | None, tracker: Tracker,
-                  scheduler: str | None, timeout: float | None, tmp: Path) -> Any:
-    """``tc.parallel`` Dask tasks share one journal-file study; each runs its share of the trials."""
-    from distributed import Client
+                  pool: JobPool, timeout: float | None, tmp: Path) -> Any:
+    """``tc.parallel`` jobs on ``pool`` share one journal-file study; each runs its share of the trials."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -384,13 +393,12 @@ def _tune_on_dask(data_dir: str, tc: TuneConfig, base: RunConfig, arch_path: str
     share = [tc.trials // tc.parallel + (1 if i < tc.trials % tc.parallel else 0) for i in range(tc.parallel)]
     uri = getattr(tracker, "tracking_uri", None)
     parent = getattr(tracker, "run_id", None)
+    arch = None if arch_path is None else str(arch_path)
     try:
-        with Client(scheduler) as client:
-            futs = [client.submit(_run_dask_worker, data_dir, asdict(tc), base.to_dict(),
-                                  None if arch_path is None else str(arch_path), journal, n, timeout, uri, parent,
-                                  tc.seed + i, pure=False)
-                    for i, n in enumerate(share) if n > 0 or tc.trials == 0]
-            client.gather(futs)  # each returns the number of trials its study holds
+        workers = [(i, n) for i, n in enumerate(share) if n > 0 or tc.trials == 0]
+        pool.run_jobs(workers, lambda w: pool.call(_run_dask_worker, data_dir, asdict(tc), base.to_dict(), arch,
+                                                   journal, w[1], timeout, uri, parent, tc.seed + w[0],
+                                                   name=f"tune-{tc.model}-{w[0]}"))
         import optuna
 
         done = optuna.create_study(direction="maximize")  # an in-memory copy outlives the journal

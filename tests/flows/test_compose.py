@@ -85,6 +85,11 @@ def test_worker_environment_points_at_the_services(compose):
     assert dask.port == int(_arg(s["dask-scheduler"]["command"], "--port"))
     for w in ("dask-worker-1", "dask-worker-2"):
         assert s[w]["command"][:3] == ["dask", "worker", env["DASK_SCHEDULER_ADDRESS"]]
+        # one training job per worker at a time (optinter.cluster asks for one `train` unit per job)
+        from optinter.cluster import TRAIN_RESOURCE
+
+        assert _arg(s[w]["command"], "--resources") == f"{TRAIN_RESOURCE}=1"
+        assert int(_arg(s[w]["command"], "--nthreads")) >= 1
     # the variables the code reads, with the offline switches everywhere Python runs
     assert ARTIFACT_ROOT_ENV in env and WORK_DIR_ENV in env
     for name in ("prefect-worker", "prefect-server", "mlflow", "dask-worker-1", "dask-worker-2"):

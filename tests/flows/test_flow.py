@@ -444,3 +444,24 @@ def test_compare_stage_nests_one_run_per_trained_job(two_runs, env):
     assert jobs["lr/seed0"].data.metrics["test_auc"] == pytest.approx(lr["test_auc"], abs=1e-9)
     for r in [_children(env, out["parent_run_id"])["compare"], *jobs.values()]:
         assert not any(os.path.isabs(v) or str(env["root"]) in v for v in r.data.params.values()), r.data.params
+
+
+def test_baselines_on_a_local_cluster_match_the_serial_run(two_runs, env):
+    """jobs={"workers": 2}: the baseline tasks are submitted together, each trains on a LocalCluster
+    worker (one thread); the same stage keys, bit-identical metrics, FINISHED stage runs."""
+    from flows.pipeline import optinter_flow
+
+    first, _, _ = two_runs
+    serial = {r["model"]: r for r in first["results"]}
+    out = optinter_flow(**tiny_params(env["artifacts"], stages=["baselines"], force=["lr", "fm"],
+                                      jobs={"workers": 2, "threads": 1}))
+    client = _client(env)
+    for model in ("lr", "fm"):
+        name = f"train:{model}"
+        s = out["stages"][name]
+        assert not s["cached"] and s["key"] == first["stages"][name]["key"]
+        m = json.loads((Path(s["local_dir"]) / "metrics.json").read_text())
+        for k in ("valid_auc", "test_auc", "test_logloss", "params"):
+            assert m[k] == serial[model][k], (model, k)
+        run = client.get_run(s["run_id"])
+        assert run.info.status == "FINISHED" and run.data.metrics["test_auc"] == m["test_auc"]

@@ -148,11 +148,13 @@ def test_deployment_run_against_local_services(tmp_path):
             "--port": str(m_port), "--workers": "1"}), base, tmp_path)
         procs.start("dask-scheduler", [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(d_port),
                                        "--no-dashboard"], base, tmp_path)
-        procs.start("dask-worker", [str(BIN / "dask"), "worker", dask_addr, "--nworkers", "1", "--nthreads", "2",
-                                    "--no-dashboard"], base, tmp_path)
-        procs.wait_until("the Prefect server", lambda: _get(f"{api_local}/health") == 200, 90)
         # the compose URLs, through the proxy; nothing else of the environment points at 127.0.0.1
         via_proxy = {"HTTP_PROXY": proxy.url, "http_proxy": proxy.url, "NO_PROXY": "", "no_proxy": ""}
+        # the compose worker's command (one training job at a time: --resources train=1); the training jobs
+        # it runs log to MLflow by its compose host name, as the flow runs do
+        worker_cmd = _compose_command(compose["dask-worker-1"], {"tcp://dask-scheduler:8786": dask_addr})
+        procs.start("dask-worker", worker_cmd + ["--no-dashboard"], {**base, **via_proxy}, tmp_path)
+        procs.wait_until("the Prefect server", lambda: _get(f"{api_local}/health") == 200, 90)
         client_env = {**base, **via_proxy, "PREFECT_API_URL": worker_env["PREFECT_API_URL"],
                       "PREFECT_HOME": str(tmp_path / "client-home"), "COLUMNS": "400"}  # rich wraps at 80
         serve_env = {**client_env, "MLFLOW_TRACKING_URI": worker_env["MLFLOW_TRACKING_URI"],
@@ -183,7 +185,7 @@ def test_deployment_run_against_local_services(tmp_path):
             (tmp_path / f"watch-{name}.txt").write_text(run.stdout + run.stderr)
             return run.returncode, run.stdout + run.stderr
 
-        params = {"synth": TINY_SYNTH, "overrides": TINY_OVERRIDES, "baselines": ["lr"], "tune_mode": "off"}
+        params = {"synth": TINY_SYNTH, "overrides": TINY_OVERRIDES, "baselines": ["lr", "fm"], "tune_mode": "off"}
         rc, watched = deployment_run("full-pipeline", params)
         assert rc == 0, watched[-3000:] + procs.tail("optinter-serve", 80)
         assert "Completed" in watched
@@ -210,7 +212,8 @@ def test_deployment_run_against_local_services(tmp_path):
         assert tags(parents[0])["prefect.flow_run_id"]
         assert parent_id in watched  # the link to this very run
         kids = {tags(r)["optinter.step"]: r for r in runs if tags(r).get("mlflow.parentRunId") == parent_id}
-        assert set(kids) == {"synth", "preprocess", "search", "retrain:optinter", "train:lr", "evaluate", "analyze"}
+        assert set(kids) == {"synth", "preprocess", "search", "retrain:optinter", "train:lr", "train:fm", "evaluate",
+                             "analyze"}
         for name, r in kids.items():
             assert r["info"]["status"] == "FINISHED", name
             assert tags(r)["cached"] == "false"
@@ -222,6 +225,11 @@ def test_deployment_run_against_local_services(tmp_path):
         assert "Receive client connection" in (tmp_path / "dask-scheduler.log").read_text()
         serve_log = procs.text("optinter-serve")
         assert f"connecting to Dask scheduler {dask_addr}" in serve_log  # library progress reaches the run log
+        # the baselines trained at once on the compose worker (one `train` unit each), logging from there
+        assert f"training jobs: connecting to Dask scheduler {dask_addr}" in serve_log
+        assert "train done: fm" in serve_log and "train done: lr" in serve_log  # forwarded from the worker
+        for name in ("train:lr", "train:fm"):
+            assert metrics(kids[name])["valid_auc"] > 0.5
         # artifacts were uploaded through the MLflow server to its artifact destination
         listed = httpx.get(f"{mlflow_local}/api/2.0/mlflow/artifacts/list",
                            params={"run_id": kids["search"]["info"]["run_id"]}, timeout=10).json()

@@ -63,6 +63,9 @@ def test_bad_tune_parameters(tmp_path, kw, match):
     ({"overrides": ["train.epochs"]}, "expected key=value"),
     ({"synth": {"n_rows": 5}}, "parameter 'synth': unknown keys \\['n_rows'\\]"),
     ({"preprocess": {"threads": 3}}, "parameter 'preprocess': unknown keys \\['threads'\\]"),
+    ({"jobs": {"nodes": 3}}, "parameter 'jobs': unknown keys \\['nodes'\\]"),
+    ({"jobs": {"workers": -1}}, "parameter 'jobs': jobs: workers must be >= 0"),
+    ({"jobs": {"threads": "two"}}, "parameter 'jobs': invalid literal"),
 ])
 def test_bad_parameters_name_the_parameter(tmp_path, kw, match):
     with pytest.raises(SpecError, match=match):
@@ -128,3 +131,11 @@ def test_user_overrides_win_over_quickstart_settings(tmp_path, monkeypatch):
     assert spec.run_config("search", "optinter").train.lr_o == 0.0007  # unscoped user value beats scoped default
     assert spec.run_config("search", "optinter").train.lr_a == 0.1  # quick-start value where the user is silent
     assert spec.run_config("retrain", "optinter").model.layer_norm is False
+
+
+def test_jobs_settings_are_not_part_of_the_run_key(tmp_path):
+    from flows.steps import spec_key
+
+    a, b = _spec(tmp_path), _spec(tmp_path, jobs={"workers": 2, "threads": 1})
+    assert b.jobs == {"workers": 2, "threads": 1} and b.jobs_config().workers == 2
+    assert spec_key(a) == spec_key(b)

@@ -128,7 +128,7 @@ def test_trials_in_parallel_on_a_dask_cluster(tiny_data, tmp_path):
     ({"space": ("train.lr_o=log:0:1",)}, "LOW > 0"),
     ({"space": ("train.lr_o=uniform:1:2",)}, "KIND one of"),
     ({"space": ("model.mlp_dims=choice:8|a",)}, "expected a tuple"),
-    ({"parallel": 2}, "needs a Dask scheduler"),
+    ({"parallel": 0}, "parallel must be >= 1"),
 ])
 def test_bad_settings_fail_before_training(tiny_data, tmp_path, kw, match, monkeypatch):
     import optinter.tune as tune_mod
