@@ -208,10 +208,10 @@ def optinter_flow(
             if ctx.jobs.distributed and len(spec.baselines) > 1:  # at once: each task's training on a worker
                 futures = [train_task.submit(ctx, data, m) for m in spec.baselines]
                 wait(futures)
-                baselines = [f.result() for f in futures]  # the first failure is raised once all have ended
+                done = [f.result() for f in futures]  # the first failure is raised once all have ended
             else:
-                baselines = [train_task(ctx, data, m) for m in spec.baselines]
-            for r in baselines:
+                done = [train_task(ctx, data, m) for m in spec.baselines]
+            for r in done:
                 records[r.name] = r
                 trained.append(r)
         evaluate = None

@@ -16,8 +16,9 @@ a ``distributed`` cluster, several at once:
   in its worker process (LocalCluster workers run one task at a time; on an external cluster a job
   asks for one unit of the ``train`` resource when workers declare it, e.g. ``dask worker
   --resources train=1``), so budgets add up to the cores. Where workers have GPUs (a LocalCluster on
-  a CUDA machine: one worker per GPU; an external cluster's ``--resources GPU=1``) every job asks
-  for one ``GPU`` and runs on its worker's device;
+  a CUDA machine: ``cores // 2`` workers by default, worker *i* on GPU *i* mod the GPU count; an
+  external cluster's ``--resources GPU=1``) every job asks for one ``GPU`` unit and runs on its
+  worker's device;
 * **what stays here**: the caller's bookkeeping — stage-cache lookups, the atomic stage folders,
   MLflow child runs — runs in this process (one thread per job in flight, :meth:`JobPool.run_jobs`);
   only the job function itself travels to a worker, with its tracker (an MLflow run id and tracking
@@ -82,12 +83,17 @@ class JobsConfig:
         if self.threads < 0:
             raise ValueError(f"jobs: threads must be >= 0 (0 = the cores split between the workers), got {self.threads}")
 
-    def local_workers(self, cores: int | None = None) -> int:
+    def job_threads(self, gpus: int = 0) -> int:
+        """The thread budget the automatic worker count assumes: ``threads``, else 1 (2 on a GPU machine: a
+        GPU job's loader needs a staging and a decode thread to keep the device fed)."""
+        return self.threads or (2 if gpus else 1)
+
+    def local_workers(self, cores: int | None = None, gpus: int | None = None) -> int:
         """Workers of the LocalCluster this config starts (1 = none: the jobs run here)."""
         if self.workers:
             return self.workers
         cores = cores or os.cpu_count() or 1
-        n = cores // max(1, self.threads or 1)
+        n = cores // self.job_threads(cuda_devices() if gpus is None else gpus)
         return n if n >= 2 else 1
 
     @property
@@ -206,7 +212,7 @@ class JobPool:
                          "(start workers with --resources %s=1 for one job per worker)", TRAIN_RESOURCE, TRAIN_RESOURCE)
         else:
             gpus = cuda_devices()
-            n = cfg.workers or (gpus if gpus else cfg.local_workers())
+            n = cfg.local_workers(gpus=gpus)  # each worker one GPU unit: jobs share the GPUs round-robin
             cores = os.cpu_count() or 1
             self._threads = cfg.threads or max(1, cores // n)
             self._gpu = gpus > 0
@@ -218,7 +224,11 @@ class JobPool:
                                              dashboard_address=":0", silence_logs=logging.WARNING, resources=resources)
                 self._client = Client(self._cluster)
             self._resources = {GPU_RESOURCE: 1} if self._gpu else {TRAIN_RESOURCE: 1}
-        self._client.forward_logging("optinter", level=logging.INFO)
+        workers = self._client.scheduler_info(n_workers=-1)["workers"]
+        if not all(str(addr).startswith("inproc://") for addr in workers):
+            # worker processes' records to this process's loggers; in-process (thread) workers log here already,
+            # and forwarding their records would send each back into the logger it came from
+            self._client.forward_logging("optinter", level=logging.INFO)
 
     # ---- running -------------------------------------------------------------------------------------
     def call(self, fn: Callable[..., R], *args: Any, name: str | None = None, **kwargs: Any) -> R:

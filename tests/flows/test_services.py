@@ -152,7 +152,8 @@ def test_deployment_run_against_local_services(tmp_path):
         via_proxy = {"HTTP_PROXY": proxy.url, "http_proxy": proxy.url, "NO_PROXY": "", "no_proxy": ""}
         # the compose worker's command (one training job at a time: --resources train=1); the training jobs
         # it runs log to MLflow by its compose host name, as the flow runs do
-        worker_cmd = _compose_command(compose["dask-worker-1"], {"tcp://dask-scheduler:8786": dask_addr})
+        worker_cmd = [dask_addr if a == worker_env["DASK_SCHEDULER_ADDRESS"] else a
+                      for a in _compose_command(compose["dask-worker-1"], {})]
         procs.start("dask-worker", worker_cmd + ["--no-dashboard"], {**base, **via_proxy}, tmp_path)
         procs.wait_until("the Prefect server", lambda: _get(f"{api_local}/health") == 200, 90)
         client_env = {**base, **via_proxy, "PREFECT_API_URL": worker_env["PREFECT_API_URL"],

@@ -21,3 +21,11 @@ def where(x: int, sleep: float = 0.0) -> dict[str, int]:
 
 def fail(x: int) -> None:
     raise ValueError(f"job {x} failed on purpose")
+
+
+def on_gpu() -> dict[str, int | str]:
+    """The CUDA device the job runs on, and a tensor made there."""
+    import torch
+
+    t = torch.ones(4, device="cuda") * 2
+    return {"device": torch.cuda.current_device(), "where": str(t.device), "sum": int(t.sum().item())}

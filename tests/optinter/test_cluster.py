@@ -33,7 +33,11 @@ def test_bad_settings_name_the_parameter(kw, match):
 @pytest.mark.parametrize("workers, threads, cores, expected", [
     (0, 0, 2, 2), (0, 1, 2, 2), (0, 2, 2, 1), (0, 0, 1, 1), (0, 4, 16, 4), (3, 0, 1, 3), (1, 0, 64, 1)])
 def test_auto_workers_from_the_cores(workers, threads, cores, expected):
-    assert JobsConfig(workers, threads).local_workers(cores) == expected
+    assert JobsConfig(workers, threads).local_workers(cores, gpus=0) == expected
+
+
+def test_auto_workers_on_a_gpu_machine_leave_two_threads_a_job():
+    assert JobsConfig().local_workers(16, gpus=1) == 8 and JobsConfig(threads=4).local_workers(16, gpus=2) == 4
 
 
 def test_in_process_pool_runs_jobs_here_in_order():
@@ -97,3 +101,15 @@ def test_jobs_ask_for_the_resources_the_workers_declare(resources, expected, gpu
             assert pool.slots == (2 if expected else 4)  # a job per resource unit, else per worker thread
             if not gpu:  # (a GPU job would select a CUDA device)
                 assert pool.call(cluster_jobs.where, 1)["torch_threads"] == 2  # the worker's thread count
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_cuda_machine_every_job_gets_a_gpu_unit():
+    import torch
+
+    with JobPool(JobsConfig(workers=2)) as pool:
+        out = pool.run_jobs([0, 1, 2], lambda _: pool.call(cluster_jobs.on_gpu))
+        assert pool._gpu and pool._resources == {GPU_RESOURCE: 1}
+    assert all(o["sum"] == 8 and o["where"].startswith("cuda") for o in out)
+    assert {o["device"] for o in out} <= set(range(torch.cuda.device_count()))
