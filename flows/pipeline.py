@@ -8,10 +8,10 @@
 Prefect's own result cache is off (``NO_CACHE``): stages are reused through content-keyed folders
 under the artifact root (``flows.cache``), which works across processes and machines and still
 gives every reused stage an MLflow run (tagged ``optinter.cached=true``). Tasks run on Prefect's
-default (thread) task runner, one after the other, except the baselines: with a Dask cluster for
-training jobs (``jobs``: ``optinter.cluster.JobPool``, a LocalCluster by default where the cores
-fit two jobs, or ``DASK_SCHEDULER_ADDRESS``) they are submitted together and each task's training
-runs on a worker; compare jobs and parallel tuning trials use the same cluster. The preprocessing
+default (thread) task runner, one after the other, except the baselines: when the training jobs'
+cluster takes them (``jobs``: ``optinter.cluster.JobPool.use_cluster``; a LocalCluster by default
+where the cores fit two jobs and there are two jobs a worker, or ``DASK_SCHEDULER_ADDRESS``) they
+are submitted together and each task's training runs on a worker; compare jobs and parallel tuning trials use the same cluster. The preprocessing
 task runs its Dask jobs on its own ``distributed`` client (a LocalCluster, or
 ``DASK_SCHEDULER_ADDRESS``). Importing this module
 changes no settings: the programs that run it set Prefect's environment where they start
@@ -205,12 +205,13 @@ def optinter_flow(
             records[r.name] = r
             trained.append(r)
         if spec.wants("baselines"):
-            if ctx.jobs.distributed and len(spec.baselines) > 1:  # at once: each task's training on a worker
+            if ctx.jobs.use_cluster(len(spec.baselines)):  # at once: each task's training on a worker
                 futures = [train_task.submit(ctx, data, m) for m in spec.baselines]
                 wait(futures)
                 done = [f.result() for f in futures]  # the first failure is raised once all have ended
             else:
-                done = [train_task(ctx, data, m) for m in spec.baselines]
+                with ctx.jobs.inline():
+                    done = [train_task(ctx, data, m) for m in spec.baselines]
             for r in done:
                 records[r.name] = r
                 trained.append(r)

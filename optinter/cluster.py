@@ -9,7 +9,8 @@ a ``distributed`` cluster, several at once:
   artifact and MLflow paths (a shared filesystem); without one, ``workers`` > 1 starts a
   :class:`distributed.LocalCluster` of that many single-threaded worker processes, lazily, on the
   first job that needs it, and ``workers = 0`` (*auto*) starts one of ``cores // threads`` workers
-  when at least two fit (else the jobs run here);
+  when at least two fit and a round of jobs has at least two a worker (else the jobs run here, one
+  after the other, with every core: :meth:`JobPool.use_cluster`);
 * **how much each job gets**: a *thread budget* — torch's and Arrow's CPU threads are set to
   ``threads`` for the job (default: the cores split evenly between the LocalCluster's workers, or
   the worker's own thread count on an external cluster) and restored afterwards; a job runs alone
@@ -56,7 +57,7 @@ GPU_RESOURCE = "GPU"
 class JobsConfig:
     """Where independent training jobs run (see the module docstring)."""
 
-    workers: int = 0  # jobs at once: 0 = auto (a LocalCluster when >= 2 fit on this machine's cores), 1 = here
+    workers: int = 0  # jobs at once: 0 = auto (a LocalCluster when >= 2 fit the cores: use_cluster), 1 = here
     threads: int = 0  # CPU threads per job (0 = the cores split between the workers)
     scheduler: str | None = None  # a Dask scheduler address (None = $DASK_SCHEDULER_ADDRESS, else a LocalCluster)
 
@@ -161,12 +162,36 @@ class JobPool:
         self._threads = self.config.threads
         self._gpu = False
         self._lock = threading.Lock()
+        self._inline = 0  # > 0 inside inline(): call() runs here
 
     # ---- where ---------------------------------------------------------------------------------------
     @property
     def distributed(self) -> bool:
         """Whether jobs run on a Dask cluster (else here, one after the other)."""
         return self.config.distributed
+
+    def use_cluster(self, n_jobs: int) -> bool:
+        """Whether a round of ``n_jobs`` independent jobs goes to the cluster: always with a scheduler or an
+        explicit ``workers`` > 1; in *auto* mode when the round has at least two jobs a worker — fewer do not
+        pay back the workers' start-up (~8 s each here: imports, the first MLflow connection) and the
+        longest job's slow-down on its share of the cores (the quick start's 3 baselines: 100 s on 2 workers
+        × 1 thread against ~70 s one after the other on 2 threads)."""
+        if not self.distributed or n_jobs < 1:
+            return False
+        if self.config.scheduler or self.config.workers > 1:
+            return True
+        return n_jobs >= 2 * self.config.local_workers()
+
+    @contextmanager
+    def inline(self) -> Iterator[None]:
+        """Inside the block :meth:`call` runs its job here, whatever the pool's cluster."""
+        with self._lock:
+            self._inline += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inline -= 1
 
     @property
     def slots(self) -> int:
@@ -234,7 +259,7 @@ class JobPool:
     def call(self, fn: Callable[..., R], *args: Any, name: str | None = None, **kwargs: Any) -> R:
         """``fn(*args, **kwargs)``: here, or on a worker (blocking until it is done; an error is raised here).
         ``fn`` must be importable by the workers (a module-level function) and its arguments picklable."""
-        if not self.distributed:
+        if not self.distributed or self._inline:
             return fn(*args, **kwargs)
         client = self.client()
         fut = client.submit(run_job, fn, args, kwargs, self._threads, self._gpu,
@@ -247,11 +272,17 @@ class JobPool:
             raise
 
     def run_jobs(self, jobs: Sequence[T], run_one: Callable[[T], R]) -> list[R]:
-        """``[run_one(j) for j in jobs]``, in input order: one after the other here; with a cluster, one
-        thread per job slot runs ``run_one`` (which ships its job function through :meth:`call`). The
-        first error is raised once every started job has ended; jobs not started yet are skipped."""
-        if not self.distributed or len(jobs) < 2:
+        """``[run_one(j) for j in jobs]``, in input order: one after the other here unless
+        :meth:`use_cluster` says the round goes to the cluster; there, one thread per job slot runs
+        ``run_one`` (which ships its job function through :meth:`call`). The first error is raised once
+        every started job has ended; jobs not started yet are skipped."""
+        if not self.use_cluster(len(jobs)):
+            with self.inline():
+                return [run_one(j) for j in jobs]
+        if len(jobs) < 2:
             return [run_one(j) for j in jobs]
+        slots = self.slots
+        log.info("%d training jobs on the Dask cluster, %d at once", len(jobs), slots)
         stop = threading.Event()
 
         def guarded(j: T) -> R:
@@ -263,7 +294,7 @@ class JobPool:
                 stop.set()
                 raise
 
-        with ThreadPoolExecutor(max_workers=min(len(jobs), self.slots), thread_name_prefix="optinter-job") as ex:
+        with ThreadPoolExecutor(max_workers=min(len(jobs), slots), thread_name_prefix="optinter-job") as ex:
             futures = [ex.submit(guarded, j) for j in jobs]
         errors = [f.exception() for f in futures if f.exception() is not None]
         real = [e for e in errors if not isinstance(e, _Skipped)]
@@ -309,7 +340,8 @@ def add_jobs_arguments(parser: Any) -> None:
     """``--workers`` / ``--threads`` / ``--scheduler`` of the commands that run independent training jobs."""
     g = parser.add_argument_group("training jobs on a Dask cluster")
     g.add_argument("--workers", type=int, default=None,
-                   help=f"jobs at once: 0 = auto (a LocalCluster when two or more fit the cores), 1 = one after the "
+                   help=f"jobs at once: 0 = auto (a LocalCluster when two or more fit the cores and a round has two "
+                        f"jobs a worker), 1 = one after the "
                         f"other in this process (default ${WORKERS_ENV}, else 0)")
     g.add_argument("--threads", type=int, default=None,
                    help=f"CPU threads per job (default ${THREADS_ENV}, else the cores split between the workers)")

@@ -357,8 +357,6 @@ def run_compare(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
              ",".join(cc.tables), ",".join(models), n, na, cache_dir)
 
     tables = [t for name, t in TABLES.items() if name in cc.tables]
-    if pool is not None and pool.distributed:
-        log.info("compare: jobs run on the Dask cluster, %d at once", pool.slots)
     runs = run_tables(tables, ctx, runner, run_jobs or (pool.run_jobs if pool is not None else run_in_order))
     outputs = {t.name: t.build(ctx, runs) for t in tables}
     summary: dict[str, Any] = {}

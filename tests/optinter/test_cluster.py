@@ -40,6 +40,23 @@ def test_auto_workers_on_a_gpu_machine_leave_two_threads_a_job():
     assert JobsConfig().local_workers(16, gpus=1) == 8 and JobsConfig(threads=4).local_workers(16, gpus=2) == 4
 
 
+def test_auto_mode_sends_a_round_to_the_cluster_only_with_two_jobs_a_worker(monkeypatch):
+    import optinter.cluster as oc
+
+    monkeypatch.setattr(oc.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(oc, "cuda_devices", lambda: 0)
+    auto = JobPool(JobsConfig(workers=0))
+    assert auto.distributed and not auto.use_cluster(3) and auto.use_cluster(4) and auto.use_cluster(18)
+    assert JobPool(JobsConfig(workers=2)).use_cluster(1)  # asked for: always
+    assert JobPool(JobsConfig(scheduler="tcp://x:8786")).use_cluster(2)
+    assert not JobPool(JobsConfig(workers=1)).use_cluster(100)
+    # a round kept here runs every job in this process, even though the pool has a cluster
+    out = auto.run_jobs([1, 2, 3], lambda x: auto.call(cluster_jobs.where, x))
+    assert {o["pid"] for o in out} == {os.getpid()} and auto._client is None  # no cluster was started
+    with auto.inline():
+        assert auto.call(cluster_jobs.where, 9)["pid"] == os.getpid()
+
+
 def test_in_process_pool_runs_jobs_here_in_order():
     pool = JobPool(JobsConfig(workers=1))
     assert not pool.distributed and pool.slots == 1
