@@ -213,18 +213,12 @@ class JobPool:
             return self._client
 
     def _connect(self) -> None:
-        level = logging.getLogger("distributed").level
-        import dask
-        from distributed import Client, LocalCluster
+        from preprocess.cluster import connect_scheduler, start_local_cluster
 
-        from preprocess.cluster import QUIET_CONFIG
-
-        if level:  # importing distributed sets its logger to INFO: keep what the application chose
-            logging.getLogger("distributed").setLevel(level)
         cfg = self.config
         if cfg.scheduler:
             log.info("training jobs: connecting to Dask scheduler %s", cfg.scheduler)
-            self._client = Client(cfg.scheduler, timeout="30s")
+            self._client = connect_scheduler(cfg.scheduler)
             workers = self._client.scheduler_info(n_workers=-1)["workers"].values()
             declared = [w.get("resources", {}) for w in workers]
             if declared and all(r.get(GPU_RESOURCE) for r in declared):
@@ -244,10 +238,7 @@ class JobPool:
             resources = {TRAIN_RESOURCE: 1, **({GPU_RESOURCE: 1} if self._gpu else {})}
             log.info("training jobs: starting a LocalCluster of %d worker(s) x %d thread(s)%s", n, self._threads,
                      f", {gpus} GPU(s)" if gpus else "")
-            with dask.config.set(QUIET_CONFIG):
-                self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                             dashboard_address=":0", silence_logs=logging.WARNING, resources=resources)
-                self._client = Client(self._cluster)
+            self._cluster, self._client = start_local_cluster(n, 1, processes=True, resources=resources)
             self._resources = {GPU_RESOURCE: 1} if self._gpu else {TRAIN_RESOURCE: 1}
         workers = self._client.scheduler_info(n_workers=-1)["workers"]
         if not all(str(addr).startswith("inproc://") for addr in workers):
@@ -296,8 +287,8 @@ class JobPool:
 
         with ThreadPoolExecutor(max_workers=min(len(jobs), slots), thread_name_prefix="optinter-job") as ex:
             futures = [ex.submit(guarded, j) for j in jobs]
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        real = [e for e in errors if not isinstance(e, _Skipped)]
+        errors = [f.exception() for f in futures]
+        real = [e for e in errors if e is not None and not isinstance(e, _Skipped)]
         if real:
             raise real[0]
         return [f.result() for f in futures]

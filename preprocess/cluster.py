@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +37,51 @@ QUIET_CONFIG: dict[str, object] = {
 }
 
 
+def _distributed() -> Any:
+    """``distributed``, imported without letting it change the ``distributed`` logger's level (importing
+    it sets INFO; the application's choice is kept)."""
+    level = logging.getLogger("distributed").level
+    import distributed
+
+    if level:
+        logging.getLogger("distributed").setLevel(level)
+    return distributed
+
+
+def connect_scheduler(address: str) -> "distributed.Client":  # type: ignore[name-defined]  # noqa: F821
+    """A client of the running scheduler at ``address``."""
+    return _distributed().Client(address, timeout="30s")
+
+
+def start_local_cluster(n_workers: int, threads_per_worker: int = 1, processes: bool = True,
+                        resources: dict[str, float] | None = None
+                        ) -> tuple["distributed.LocalCluster", "distributed.Client"]:  # type: ignore[name-defined]  # noqa: F821
+    """A LocalCluster started under :data:`QUIET_CONFIG` (its workers declare ``resources``) and its client;
+    the caller closes both."""
+    import dask
+
+    dist = _distributed()
+    with dask.config.set(QUIET_CONFIG):
+        cluster = dist.LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
+                                    dashboard_address=":0", silence_logs=logging.WARNING,
+                                    **({"resources": resources} if resources else {}))
+        try:
+            client = dist.Client(cluster)
+        except BaseException:
+            cluster.close()
+            raise
+    return cluster, client
+
+
 @contextmanager
 def dask_client(scheduler: str | None = None, n_workers: int = 2, threads_per_worker: int = 1,
                 processes: bool = True) -> Iterator["distributed.Client"]:  # type: ignore[name-defined]  # noqa: F821
-    level = logging.getLogger("distributed").level
-    import dask
-    from distributed import Client, LocalCluster
-
-    if level:  # importing distributed sets its logger to INFO: keep what the application chose
-        logging.getLogger("distributed").setLevel(level)
-
+    """A client of the scheduler at ``scheduler`` / ``$DASK_SCHEDULER_ADDRESS``, else of a LocalCluster
+    started for the block and closed after it."""
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         log.info("connecting to Dask scheduler %s", address)
-        client = Client(address, timeout="30s")
+        client = connect_scheduler(address)
         try:
             yield client
         finally:
@@ -58,10 +89,7 @@ def dask_client(scheduler: str | None = None, n_workers: int = 2, threads_per_wo
         return
     log.info("starting LocalCluster: %d workers x %d threads (%s)", n_workers, threads_per_worker,
              "processes" if processes else "threads")
-    with dask.config.set(QUIET_CONFIG):
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
-                               dashboard_address=":0", silence_logs=logging.WARNING)
-        client = Client(cluster)
+    cluster, client = start_local_cluster(n_workers, threads_per_worker, processes)
     try:
         yield client
     finally:
