@@ -11,11 +11,11 @@ gives every reused stage an MLflow run (tagged ``optinter.cached=true``). Tasks 
 default (thread) task runner, one after the other, except the baselines: when the training jobs'
 cluster takes them (``jobs``: ``optinter.cluster.JobPool.use_cluster``; a LocalCluster by default
 where the cores fit two jobs and there are two jobs a worker, or ``DASK_SCHEDULER_ADDRESS``) they
-are submitted together and each task's training runs on a worker; compare jobs and parallel tuning trials use the same cluster. The preprocessing
-task runs its Dask jobs on its own ``distributed`` client (a LocalCluster, or
-``DASK_SCHEDULER_ADDRESS``). Importing this module
-changes no settings: the programs that run it set Prefect's environment where they start
-(``flows.logs``), and the flow routes the library loggers to its run logs when it starts.
+are submitted together and each task's training runs on a worker. Compare jobs and parallel tuning
+trials use the same cluster. The preprocessing task runs its Dask jobs on its own ``distributed``
+client (a LocalCluster, or ``DASK_SCHEDULER_ADDRESS``). Importing this module changes no settings:
+the programs that run it set Prefect's environment where they start (``flows.logs``), and the flow
+routes the library loggers to its run logs when it starts.
 """
 
 from __future__ import annotations
