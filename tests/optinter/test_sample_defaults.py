@@ -43,7 +43,7 @@ def test_penalty_matches_rows_looked_up_by_hand(fmap):
     e_o = model.embed.cat.table.weight[b.cat + model.embed.cat.offsets]
     e_m = model.cross.table.weight[b.pairs + model.cross.offsets]
     expected = (0.3 * e_o.pow(2).sum() + 0.07 * e_m.pow(2).sum()) / len(b)
-    assert float((with_pen - plain).detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert float((with_pen - plain).detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     # nothing recorded in eval mode / without gradients, and removable
     model.eval()
     with torch.no_grad():
