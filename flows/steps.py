@@ -590,13 +590,6 @@ def tune_wanted(ctx: Context, data: StageRecord) -> tuple[bool, str]:
     return True, f"tune_mode=auto: {rows:,} train rows <= {TUNE_AUTO_MAX_ROWS:,}"
 
 
-def tune_pool(jobs: JobPool, parallel: int) -> JobPool | None:
-    """The pool ``parallel`` tuning trials run on: the run's cluster when it would take a round of that
-    many jobs; else ``None``, and run_tune starts a LocalCluster of ``parallel`` workers of its own (an
-    auto pool keeps small rounds in process, where the trials would run one after the other)."""
-    return jobs if parallel > 1 and jobs.use_cluster(parallel) else None
-
-
 def step_tune(ctx: Context, data: StageRecord, search: StageRecord) -> StageRecord | None:
     """Tune the re-train's settings on the validation split (``optinter.tune.run_tune``) →
     ``tuned.yaml``; None when ``tune_mode`` (or its ``auto`` rule) says no."""
@@ -614,7 +607,7 @@ def step_tune(ctx: Context, data: StageRecord, search: StageRecord) -> StageReco
         from optinter.tune import run_tune
 
         return run_tune(data.path, out, tc, cfg, arch_path=search.path / ARCH_FILE, tracker=t,
-                        pool=tune_pool(ctx.jobs, tc.parallel))
+                        pool=ctx.jobs)  # parallel trials use the run's cluster when it takes them
 
     return execute(ctx, "tune", {"upstream": {"preprocess": data.key, "search": search.key},
                                  "config": cfg.to_dict(), "tune": settings}, compute, name=f"tune:{SEARCH_MODEL}",

@@ -280,14 +280,25 @@ def _run_dask_worker(data_dir: str, tc_dict: dict[str, Any], base_dict: dict[str
     return len(study.trials)
 
 
+def trial_pool(pool: JobPool | None, parallel: int, scheduler: str | None = None) -> tuple[JobPool, bool]:
+    """The pool ``parallel`` concurrent trial groups run on and whether it is new (the caller closes it):
+    ``pool`` when it would send a round of ``parallel`` jobs to its cluster, else a pool of ``parallel``
+    LocalCluster workers or the cluster at ``scheduler`` / ``$DASK_SCHEDULER_ADDRESS``."""
+    if pool is not None and pool.use_cluster(parallel):
+        return pool, False
+    return JobPool(JobsConfig.from_env(workers=parallel, scheduler=scheduler)), True
+
+
 def run_tune(data_dir: str | Path, out_dir: str | Path, tc: TuneConfig, base: RunConfig,
              arch_path: str | Path | None = None, tracker: Tracker | None = None,
              scheduler: str | None = None, pool: JobPool | None = None) -> dict[str, Any]:
     """Tune ``tc.model``'s settings over ``base`` (the defaults) on the validation split; writes
     ``tuned.yaml`` (the best trial's settings), ``trials.csv`` and ``tune.json`` into ``out_dir``
     and returns the summary. Bad settings (budget, space, model) fail before any training.
-    ``tc.parallel`` > 1 runs trials on ``pool`` (default: a pool of ``parallel`` LocalCluster workers,
-    or the cluster at ``scheduler`` / ``$DASK_SCHEDULER_ADDRESS``)."""
+    ``tc.parallel`` > 1 runs trials on ``pool`` when it would send a round of ``parallel`` jobs to its
+    cluster (an auto pool keeps small rounds in process, where the trials would run one after the
+    other); else on a pool of ``parallel`` LocalCluster workers, or the cluster at ``scheduler`` /
+    ``$DASK_SCHEDULER_ADDRESS``."""
     import optuna
     import pandas as pd
     import yaml
@@ -311,8 +322,7 @@ def run_tune(data_dir: str | Path, out_dir: str | Path, tc: TuneConfig, base: Ru
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with atomic_output_dir(out_dir) as tmp:
         if tc.parallel > 1:
-            own = pool is None
-            jobs = pool or JobPool(JobsConfig.from_env(workers=tc.parallel, scheduler=scheduler))
+            jobs, own = trial_pool(pool, tc.parallel, scheduler)
             try:
                 study = _tune_on_dask(str(data_dir), tc, base, arch_path, tr, jobs, timeout, tmp)
             finally:

@@ -140,19 +140,3 @@ def test_jobs_settings_are_not_part_of_the_run_key(tmp_path):
     assert b.jobs == {"workers": 2, "threads": 1} and b.jobs_config().workers == 2
     assert spec_key(a) == spec_key(b)
 
-
-def test_parallel_tuning_trials_get_a_pool_that_runs_them_at_once(monkeypatch):
-    """The run's pool only when it would send a round of ``parallel`` jobs to its cluster: an auto
-    pool on 2 cores keeps 2 jobs in process (trials one after the other), so run_tune gets None and
-    starts ``parallel`` workers of its own."""
-    import optinter.cluster as oc
-    from flows.steps import tune_pool
-    from optinter.cluster import JobPool, JobsConfig
-
-    monkeypatch.setattr(oc.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(oc, "cuda_devices", lambda: 0)
-    auto, two, remote = (JobPool(JobsConfig(workers=0)), JobPool(JobsConfig(workers=2)),
-                         JobPool(JobsConfig(scheduler="tcp://x:8786")))
-    assert tune_pool(auto, 2) is None and tune_pool(auto, 4) is auto
-    assert tune_pool(two, 2) is two and tune_pool(remote, 2) is remote
-    assert tune_pool(two, 1) is None and tune_pool(JobPool(JobsConfig(workers=1)), 3) is None

@@ -150,3 +150,25 @@ def test_param_spec_parse():
     assert ParamSpec.parse("train.lr_o=log:1e-4:1e-2") == ParamSpec("train.lr_o", "log", 1e-4, 1e-2)
     assert ParamSpec.parse("model.mlp_dims=choice:64|128,128").choices == ("64", "128,128")
     assert ParamSpec.parse("model.embed_dim=int:4:16").kind == "int"
+
+
+def test_parallel_trials_get_a_pool_that_runs_them_at_once(monkeypatch):
+    """The given pool only when it would send a round of ``parallel`` jobs to its cluster: an auto pool
+    on 2 cores keeps 2 jobs in process (trials one after the other), so run_tune starts ``parallel``
+    workers of its own (and closes them)."""
+    import optinter.cluster as oc
+    from optinter.cluster import JobPool, JobsConfig
+    from optinter.tune import trial_pool
+
+    monkeypatch.setattr(oc.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(oc, "cuda_devices", lambda: 0)
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    auto, two, remote = (JobPool(JobsConfig(workers=0)), JobPool(JobsConfig(workers=2)),
+                         JobPool(JobsConfig(scheduler="tcp://x:8786")))
+    assert trial_pool(auto, 4) == (auto, False) and trial_pool(two, 2) == (two, False)
+    assert trial_pool(remote, 2) == (remote, False)
+    for given in (auto, None, JobPool(JobsConfig(workers=1))):
+        own, new = trial_pool(given, 2)
+        assert new and own is not given and own.config.workers == 2 and own.use_cluster(2)
+    own, new = trial_pool(auto, 2, scheduler="tcp://y:8786")
+    assert new and own.config.scheduler == "tcp://y:8786"
