@@ -449,29 +449,31 @@ def test_compare_stage_nests_one_run_per_trained_job(two_runs, env):
 def test_baselines_on_a_local_cluster_match_the_serial_run(two_runs, env, monkeypatch):
     """jobs={"workers": 2}: the baseline tasks are submitted together, each trains on a LocalCluster
     worker (one thread); the same stage keys, bit-identical metrics, FINISHED stage runs."""
+    import distributed
+
     import preprocess.cluster as pc
     from flows.pipeline import optinter_flow
-    from optinter.cluster import JobPool
+    from optinter.cluster import run_job
 
     started, shipped = [], []
-    real_start, real_call = pc.start_local_cluster, JobPool.call
+    real_start, real_submit = pc.start_local_cluster, distributed.Client.submit
 
     def start(n_workers, threads_per_worker=1, processes=True, resources=None):
         started.append((n_workers, processes, dict(resources or {})))
         return real_start(n_workers, threads_per_worker, processes, resources)
 
-    def call(self, fn, *args, **kwargs):
-        shipped.append(bool(self.distributed and not self._inline))
-        return real_call(self, fn, *args, **kwargs)
+    def submit(self, fn, *args, **kwargs):
+        shipped.append((fn is run_job, kwargs.get("resources")))
+        return real_submit(self, fn, *args, **kwargs)
 
     monkeypatch.setattr(pc, "start_local_cluster", start)
-    monkeypatch.setattr(JobPool, "call", call)
+    monkeypatch.setattr(distributed.Client, "submit", submit)
     first, _, _ = two_runs
     serial = {r["model"]: r for r in first["results"]}
     out = optinter_flow(**tiny_params(env["artifacts"], stages=["baselines"], force=["lr", "fm"],
                                       jobs={"workers": 2, "threads": 1}))
     # the jobs' LocalCluster (worker processes, one training job each) was started and both trainings went there
-    assert (2, True, {"train": 1}) in started and shipped == [True, True]
+    assert (2, True, {"train": 1}) in started and shipped == [(True, {"train": 1})] * 2
     client = _client(env)
     for model in ("lr", "fm"):
         name = f"train:{model}"
