@@ -1,6 +1,6 @@
 """Full-size rehearsal of the preprocessing stage: N Criteo-shaped rows through ``optinter preprocess``.
 
-    python benchmarks/rehearsal.py --rows 2000000 8000000 [--dir SCRATCH] [--workers 2] [--keep]
+    python benchmarks/rehearsal.py --rows 2000000 8000000 [--dir SCRATCH] [--input-dir INPUT] [--workers 2] [--keep]
 
 For each N it writes N rows of Criteo's layout (``benchmarks/_common.py:write_criteo_like``: 13 integer
 columns with Criteo's missing rates, 26 hashed categoricals drawn log-uniformly — a Zipf tail with
@@ -18,6 +18,9 @@ child process and prints, as one JSON line per N:
 * the vocabulary sizes (field values and kept cross keys), which are what memory may grow with.
 
 The files are kept for the next N only with ``--keep``; each N's input is deleted after its run otherwise.
+``--input-dir`` puts the generated TSV files on another file system than the scratch and output (say
+``/dev/shm`` when the disk cannot hold input, scratch and output at once: the full 45.8M rows need ~12.6 GiB
+of input beside ~65 GiB of scratch + output); the disk figures then still measure the scratch folder only.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs="+", default=[2_000_000])
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temp folder)")
+    ap.add_argument("--input-dir", default=None,
+                    help="folder for the generated TSV input, e.g. on another file system (default: --dir)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--blocksize", default="32MB")
     ap.add_argument("--seed", type=int, default=0)
@@ -89,8 +94,10 @@ def main() -> None:
     for n in a.rows:
         d = base / f"n{n}"
         d.mkdir(exist_ok=True)
+        src = Path(a.input_dir) / f"n{n}" if a.input_dir else d
+        src.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        files = write_criteo_splits(d, split_8_1_1(n), a.seed * 1000)
+        files = write_criteo_splits(src, split_8_1_1(n), a.seed * 1000)
         gen_s = time.perf_counter() - t0
         out = d / "out"
         shutil.rmtree(out, ignore_errors=True)
@@ -123,6 +130,7 @@ def main() -> None:
                 fh.write(line + "\n")
         if not a.keep:
             shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(src, ignore_errors=True)
 
 
 if __name__ == "__main__":
