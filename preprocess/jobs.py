@@ -54,6 +54,9 @@ MAX_BAD_EXAMPLES = 20
 #: whose tables may hold more is reduced in ``ceil(bound / SLOT_ENTRIES)`` key ranges (about 12 bytes
 #: an entry on disk, ~5x that while reducing).
 SLOT_ENTRIES = 1 << 20
+#: Most count-table entries one reduce task reads at once: neighbouring key ranges are read together, one
+#: read per train part and file for up to this many entries (12 bytes each: ~48 MiB).
+READ_ENTRIES = 4 * SLOT_ENTRIES
 
 
 def run_tasks(client: Any, fn: Callable, items: list, what: str, count: Callable[[Any], int] | None = None,
@@ -291,24 +294,76 @@ def _read_slice(path: Path, dtype: Any, start: int, stop: int) -> np.ndarray:
     return np.fromfile(path, dtype=dtype, count=stop - start, offset=start * itemsize)
 
 
+def _slot_runs(group: list[tuple[int, int]], offs: list[np.ndarray]) -> list[list[tuple[int, int]]]:
+    """Split ``group`` into runs of consecutive slots whose tables (over all parts) hold <= READ_ENTRIES.
+
+    One run is read with one read per part and file instead of one per slot: the number of reads then
+    stays ~ entries / READ_ENTRIES × parts instead of slots × parts (both factors grow with the rows).
+    """
+    sizes = np.diff(np.stack(offs), axis=1).sum(axis=0) if offs else None
+    runs: list[list[tuple[int, int]]] = []
+    size = 0
+    for pi, slot in group:
+        n = int(sizes[slot]) if sizes is not None else 0
+        if runs and runs[-1][-1][1] + 1 == slot and size + n <= READ_ENTRIES:
+            runs[-1].append((pi, slot))
+            size += n
+        else:
+            runs.append([(pi, slot)])
+            size = n
+    return runs
+
+
 def reduce_slots(group: list[tuple[int, int]], spec: dict[str, Any], thresholds: list[int]) -> list[dict[str, Any]]:
-    """Task: reduce the count tables of a group of ``(pair, slot)`` key ranges, one range in memory at a time."""
+    """Task: reduce the count tables of a group of ``(pair, slot)`` key ranges, one range at a time.
+
+    Consecutive slots are read together (:func:`_slot_runs`): a run's tables (<= READ_ENTRIES entries,
+    12 bytes each) are in memory at once, then each slot of it is reduced from views into them.
+    """
     d = Path(spec["work"]) / "xcounts"
     blocks = sorted(p.name[:-5] for p in d.glob("b*.offs"))
     offs = [np.fromfile(d / f"{b}.offs", dtype=np.int64) for b in blocks]
     bases = _slot_bases(spec["cross_buckets"])
     out = []
-    for pi, slot in group:
-        parts = [(_read_slice(d / f"{b}.keys", np.int64, o[slot], o[slot + 1]),
-                  _read_slice(d / f"{b}.counts", np.int32, o[slot], o[slot + 1])) for b, o in zip(blocks, offs)]
-        width = spec["cross_buckets"][pi][1]
-        lo = (slot - int(bases[pi])) * width
-        r = reduce_pair(parts, thresholds[pi], key_range=(lo, lo + width))
-        del parts
-        r["pair"], r["slot"] = pi, slot
-        out.append(r)
+    for run in _slot_runs(sorted(group, key=lambda x: x[1]), offs):
+        first, last = run[0][1], run[-1][1]
+        tables = [(o, _read_slice(d / f"{b}.keys", np.int64, o[first], o[last + 1]),
+                   _read_slice(d / f"{b}.counts", np.int32, o[first], o[last + 1])) for b, o in zip(blocks, offs)]
+        for pi, slot in run:
+            parts = [(k[o[slot] - o[first]:o[slot + 1] - o[first]], c[o[slot] - o[first]:o[slot + 1] - o[first]])
+                     for o, k, c in tables]
+            width = spec["cross_buckets"][pi][1]
+            lo = (slot - int(bases[pi])) * width
+            r = reduce_pair(parts, thresholds[pi], key_range=(lo, lo + width))
+            del parts
+            r["pair"], r["slot"] = pi, slot
+            out.append(r)
+        del tables
     _trim_heap()
     return out
+
+
+def group_slots(buckets: list[tuple[int, int, int]], n_groups: int) -> list[list[tuple[int, int]]]:
+    """The ``(pair, slot)`` key ranges in slot order, cut into <= ``n_groups`` contiguous groups of about
+    equal weight (each slot's share of its pair's size bound, + a fixed cost per slot).
+
+    Contiguous groups let a task read runs of neighbouring slots at once (:func:`reduce_slots`).
+    """
+    bases = _slot_bases(buckets)
+    slots = [(pi, int(bases[pi]) + r) for pi in range(len(buckets)) for r in range(buckets[pi][0])]
+    if not slots:
+        return []
+    weight = [buckets[pi][2] // buckets[pi][0] + 1000 for pi, _ in slots]
+    n_groups = min(len(slots), max(1, n_groups))
+    total = sum(weight)
+    groups: list[list[tuple[int, int]]] = [[]]
+    acc = 0
+    for (pi, s), w in zip(slots, weight):
+        if groups[-1] and acc >= total * len(groups) / n_groups and len(groups) < n_groups:
+            groups.append([])
+        groups[-1].append((pi, s))
+        acc += w
+    return groups
 
 
 def fit_cross(client: Any, spec: dict[str, Any], oov: OOVThresholder, cv: CrossVocab) -> CrossVocab:
@@ -319,18 +374,7 @@ def fit_cross(client: Any, spec: dict[str, Any], oov: OOVThresholder, cv: CrossV
         return cv
     names = [pair_column(a, b) for a, b in pairs]
     thresholds = [cv.threshold_for(n) for n in names]
-    buckets = spec["cross_buckets"]
-    bases = _slot_bases(buckets)
-    # balance the groups by the size bound of each slot (largest first, onto the lightest group)
-    slots = [(pi, int(bases[pi]) + r) for pi in range(len(pairs)) for r in range(buckets[pi][0])]
-    weight = {s: buckets[pi][2] // buckets[pi][0] + 1000 for pi, s in slots}
-    n_groups = min(len(slots), max(1, 4 * spec.get("n_workers", 2)))
-    groups: list[list[tuple[int, int]]] = [[] for _ in range(n_groups)]
-    load = [0] * n_groups
-    for pi, s in sorted(slots, key=lambda x: (-weight[x[1]], x[1])):
-        g = min(range(n_groups), key=lambda i: (load[i], i))
-        groups[g].append((pi, s))
-        load[g] += weight[s]
+    groups = group_slots(spec["cross_buckets"], 4 * spec.get("n_workers", 2))
     res = run_tasks(client, reduce_slots, groups, "cross vocabulary", spec=spec, thresholds=thresholds)
     cv._init_state()
     per_pair: dict[int, list[dict[str, Any]]] = {}

@@ -81,6 +81,7 @@ def test_bench_shaped_ids_match_pandas_and_bucketing(bench_files, tmp_path, sche
         return seen[-1]
 
     monkeypatch.setattr(jobs, "SLOT_ENTRIES", 2_000)
+    monkeypatch.setattr(jobs, "READ_ENTRIES", 5_000)  # runs of a few neighbouring slots read at once
     monkeypatch.setattr(jobs, "plan_cross_buckets", spy)
     b = _run(bench_files, tmp_path / "b", scheduler, 300_000)
     assert max(n for n, _, _ in seen[0]) > 4

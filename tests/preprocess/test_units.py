@@ -192,3 +192,29 @@ def test_transform_pair_dense_and_hash_lookups_match_reference() -> None:
     few = slice(0, 500)
     assert (a[few].max() + 1) * vb > max(DENSE_LOOKUP_FACTOR * 500, 1 << 16)
     np.testing.assert_array_equal(cv.transform_pair("a|b", a[few], b[few]), exp_ids[few])  # hash
+
+
+def test_reduce_groups_are_contiguous_balanced_and_read_in_bounded_runs(monkeypatch):
+    """group_slots covers every (pair, slot) once, in slot order, in groups of about equal weight;
+    _slot_runs cuts a group into runs of neighbouring slots holding <= READ_ENTRIES entries (a slot
+    larger than that is a run of its own)."""
+    from preprocess import jobs
+
+    buckets = [(1, 10, 50), (8, 5, 8_000_000), (1, 3, 10), (4, 7, 4_000_000), (1, 2, 5)]
+    groups = jobs.group_slots(buckets, 4)
+    flat = [x for g in groups for x in g]
+    assert flat == [(pi, s) for pi, s in zip([0] + [1] * 8 + [2] + [3] * 4 + [4], range(15))]
+    assert len(groups) == 4 and all(groups)
+    w = [sum(buckets[pi][2] // buckets[pi][0] + 1000 for pi, _ in g) for g in groups]
+    assert max(w) <= 2 * min(w)
+    assert jobs.group_slots([], 4) == [] and len(jobs.group_slots(buckets, 100)) <= 15
+
+    # three parts' slot offsets; slot sizes summed over the parts: 3, 6, 9, 12, 15
+    offs = [np.array([0, 1, 3, 6, 10, 15]), np.array([0, 1, 3, 6, 10, 15]), np.array([0, 1, 3, 6, 10, 15])]
+    monkeypatch.setattr(jobs, "READ_ENTRIES", 18)
+    group = [(0, 0), (0, 1), (0, 2), (1, 3), (1, 4)]
+    assert jobs._slot_runs(group, offs) == [[(0, 0), (0, 1), (0, 2)], [(1, 3)], [(1, 4)]]
+    monkeypatch.setattr(jobs, "READ_ENTRIES", 10)
+    assert jobs._slot_runs(group, offs) == [[(0, 0), (0, 1)], [(0, 2)], [(1, 3)], [(1, 4)]]
+    # a gap in the slots starts a new run
+    assert jobs._slot_runs([(0, 0), (0, 2)], offs) == [[(0, 0)], [(0, 2)]]
